@@ -1,0 +1,1 @@
+//! authrelay: a local SMTP relay that delivers to Microsoft 365 with OAuth 2.0 (XOAUTH2).
