@@ -1,0 +1,1 @@
+//! Inbound SMTP: where local apps hand us mail.
