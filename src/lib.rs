@@ -3,12 +3,18 @@
 //! The modules follow a message's journey: [`inbound`] accepts it over SMTP, [`routing`]
 //! picks its tenant, [`queue`] makes it durable and schedules delivery, [`rewrite`] turns it
 //! into something Exchange Online will take from our mailbox, and [`outbound`] delivers it
-//! with a token from [`oauth`]. [`admin`], [`watch`] and [`systemd`] are how operators see it.
+//! with a token from [`oauth`]. [`server`] wires them together; [`cli`] holds the one-shot
+//! commands.
 
+pub mod cli;
 pub mod config;
 pub mod inbound;
 pub mod metrics;
+pub mod oauth;
+pub mod outbound;
 pub mod queue;
+pub mod rewrite;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
+pub mod submit;

@@ -1,14 +1,17 @@
 //! Picks the tenant a message goes out through.
 //!
 //! The order is fixed so operators can predict it: a tenant bound to the listener, then the
-//! tenant of the SMTP AUTH user, then the first tenant whose `senders` pattern matches the
-//! envelope sender, then the default tenant (the one without `senders`). No match means the
+//! tenant of the SMTP AUTH user, then the tenant whose own mailbox (or `send_as` address) is
+//! the envelope sender, then the first tenant whose `senders` pattern matches it, then the
+//! default tenant (the one without `senders`). No match means the
 //! message is refused at MAIL FROM, because we would have no mailbox to send it as.
 
 use crate::config::Config;
 
 #[derive(Debug, Clone)]
 pub struct Router {
+    /// (address, tenant) for every tenant's mailbox and send_as addresses.
+    owners: Vec<(String, String)>,
     routes: Vec<(String, Vec<String>)>,
     default: Option<String>,
 }
@@ -23,6 +26,15 @@ pub struct Hints<'a> {
 impl Router {
     pub fn new(config: &Config) -> Router {
         Router {
+            owners: config
+                .tenants
+                .iter()
+                .flat_map(|t| {
+                    std::iter::once(&t.mailbox)
+                        .chain(t.send_as.iter())
+                        .map(|a| (a.to_ascii_lowercase(), t.name.clone()))
+                })
+                .collect(),
             routes: config
                 .tenants
                 .iter()
@@ -48,6 +60,9 @@ impl Router {
             return Some(t);
         }
         let sender = sender.to_ascii_lowercase();
+        if let Some((_, t)) = self.owners.iter().find(|(a, _)| *a == sender) {
+            return Some(t);
+        }
         if !sender.is_empty() {
             for (tenant, patterns) in &self.routes {
                 if patterns.iter().any(|p| glob(p, &sender)) {
@@ -127,6 +142,8 @@ mailbox = "relay@fabrikam.com"
         assert_eq!(r.route("cron@app01.internal", h), Some("contoso"));
         assert_eq!(r.route("x@elsewhere.org", h), Some("fallback"));
         assert_eq!(r.route("", h), Some("fallback"));
+        // A tenant's own mailbox routes to it even without a matching pattern.
+        assert_eq!(r.route("Relay@Fabrikam.com", h), Some("fallback"));
     }
 
     #[test]

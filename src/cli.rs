@@ -1,0 +1,222 @@
+//! The one-shot commands besides `run`: `verify`, `queue`, `send-test`. Each prints for a
+//! person and returns the process exit code; `main.rs` only parses and dispatches.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Config, Tenant, format_time};
+use crate::metrics::Metrics;
+use crate::oauth::TokenManager;
+use crate::outbound::Outbound;
+use crate::queue::{Envelope, RcptStatus, Spool, SpoolError, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("tokens: {0}")]
+    Tokens(#[from] crate::oauth::TokenError),
+    #[error("no tenant named '{0}' in the config")]
+    NoTenant(String),
+    #[error("{0}")]
+    Submit(#[from] crate::submit::SubmitError),
+}
+
+/// Checks each tenant end to end; prints `TENANT: Verified` or `TENANT: Not Verified: reason`.
+pub async fn verify(config: &Config, only: Option<&str>) -> Result<ExitCode, CliError> {
+    let tenants: Vec<&Tenant> = match only {
+        Some(name) => vec![
+            config
+                .tenant(name)
+                .ok_or_else(|| CliError::NoTenant(name.into()))?,
+        ],
+        None => config.tenants.iter().collect(),
+    };
+    let tokens = Arc::new(TokenManager::new(
+        &config.state_dir,
+        Arc::new(Metrics::new()),
+    )?);
+    let outbound = Outbound::new(tokens, config.hostname.clone());
+    let mut all_ok = true;
+    for t in tenants {
+        match verify_tenant(&outbound, t).await {
+            Ok(()) => println!("{}: Verified", t.name),
+            Err(reason) => {
+                all_ok = false;
+                println!("{}: Not Verified: {reason}", t.name);
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Token plus EHLO/STARTTLS/AUTH XOAUTH2/QUIT: everything a delivery does but the message.
+pub async fn verify_tenant(outbound: &Outbound, tenant: &Tenant) -> Result<(), String> {
+    let up = outbound.connect(tenant).await.map_err(|(_, why)| why)?;
+    up.quit().await;
+    Ok(())
+}
+
+pub enum QueueAction {
+    List,
+    Show(String),
+    Retry(String),
+    RetryAll,
+    Delete(String),
+}
+
+pub async fn queue(config: &Config, action: QueueAction) -> Result<ExitCode, CliError> {
+    let spool = Spool::inspect(&config.state_dir)?;
+    match action {
+        QueueAction::List => {
+            let (envelopes, errors) = spool.scan()?;
+            if envelopes.is_empty() {
+                println!("queue is empty");
+            }
+            for e in &envelopes {
+                print_line(e);
+            }
+            for e in errors {
+                eprintln!("unreadable: {e}");
+            }
+        }
+        QueueAction::Show(id) => {
+            let e = spool.load(&id).await?;
+            print_line(&e);
+            println!(
+                "  from: <{}>  client: {}  received: {}",
+                e.mail_from,
+                e.client,
+                format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(e.received_at))
+            );
+            for r in &e.recipients {
+                println!(
+                    "  to: <{}> {:?} {}",
+                    r.address,
+                    r.status,
+                    r.reply.as_deref().unwrap_or("")
+                );
+            }
+            if let Some(err) = &e.last_error {
+                println!("  last error: {err}");
+            }
+            let body = spool.read_message(&id).await?;
+            let end = find_header_end(&body);
+            println!("{}", String::from_utf8_lossy(&body[..end]).trim_end());
+        }
+        QueueAction::Retry(id) => {
+            retry(&spool, &id).await?;
+            notify_daemon(config, &format!("/queue/{id}/retry")).await;
+            println!("{id}: scheduled for delivery now");
+        }
+        QueueAction::RetryAll => {
+            let (envelopes, _) = spool.scan()?;
+            for e in &envelopes {
+                retry(&spool, &e.id).await?;
+            }
+            notify_daemon(config, "/queue/retry").await;
+            println!("{} messages scheduled for delivery now", envelopes.len());
+        }
+        QueueAction::Delete(id) => {
+            spool.remove(&id).await?;
+            notify_daemon(config, &format!("/queue/{id}/delete")).await;
+            println!("{id}: deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(spool: &Spool, id: &str) -> Result<(), CliError> {
+    let mut e = spool.load(id).await?;
+    e.next_attempt = 0;
+    if e.state == State::Failed {
+        // A failed message retried by hand gets its refused recipients another go.
+        e.state = State::Queued;
+        for r in e
+            .recipients
+            .iter_mut()
+            .filter(|r| r.status == RcptStatus::Failed)
+        {
+            r.status = RcptStatus::Pending;
+        }
+    }
+    spool.update(&e).await?;
+    Ok(())
+}
+
+/// Tells a running daemon to re-read the spool entry; harmless when none runs.
+async fn notify_daemon(config: &Config, path: &str) {
+    let Some(addr) = config.admin.listen else {
+        return;
+    };
+    let url = format!("http://{addr}{path}");
+    let client = reqwest::Client::new();
+    if let Err(e) = client
+        .post(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        tracing::debug!(error = %e, "daemon not reachable; it will pick the change up at its next start");
+    }
+}
+
+fn print_line(e: &Envelope) {
+    let state = match e.state {
+        State::Queued => "queued",
+        State::Failed => "FAILED",
+    };
+    let pending = e.pending().count();
+    println!(
+        "{}  {:6}  {:>8}B  tenant={}  age={}  rcpts={}/{}  attempts={}  {}",
+        e.id,
+        state,
+        e.size,
+        e.tenant,
+        humantime::format_duration(Duration::from_secs(e.age().as_secs())),
+        pending,
+        e.recipients.len(),
+        e.attempts,
+        e.last_error.as_deref().unwrap_or("")
+    );
+}
+
+fn find_header_end(body: &[u8]) -> usize {
+    body.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .or_else(|| body.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+        .unwrap_or(body.len())
+}
+
+/// Sends a short message from the tenant's mailbox through the local listener.
+pub async fn send_test(config: &Config, tenant: &str, to: &str) -> Result<ExitCode, CliError> {
+    let t = config
+        .tenant(tenant)
+        .ok_or_else(|| CliError::NoTenant(tenant.into()))?;
+    let addr = *config
+        .smtp
+        .listen
+        .first()
+        .ok_or_else(|| CliError::NoTenant(tenant.into()))?;
+    let now = format_time(SystemTime::now());
+    let message = format!(
+        "From: authrelay test <{from}>\r\nTo: <{to}>\r\nSubject: authrelay test message for {tenant}\r\n\r\nThis is a test message sent by `authrelay send-test` at {now}.\r\n",
+        from = t.mailbox
+    );
+    let reply = crate::submit::submit(
+        addr,
+        &config.hostname,
+        &t.mailbox,
+        &[to.to_string()],
+        message.as_bytes(),
+    )
+    .await?;
+    println!("{reply}");
+    Ok(ExitCode::SUCCESS)
+}
