@@ -84,6 +84,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
     let (trigger, shutdown) = shutdown::channel();
     let (accepted_tx, accepted_rx) = mpsc::unbounded_channel();
 
+    let daemon = Arc::new(Daemon {
+        settings: settings_rx.clone(),
+        spool: spool.clone(),
+        scheduler: scheduler.clone(),
+        outbound: outbound.clone(),
+        tokens: tokens.clone(),
+        metrics: metrics.clone(),
+    });
+    // The admin listener (issue 5) and anything else that observes the daemon take `daemon`.
+    let _ = &daemon;
+
     let delivery = Arc::new(Delivery {
         settings: settings_rx.clone(),
         spool: spool.clone(),
