@@ -53,3 +53,6 @@ pub async fn serve(
 ) {
     listener::serve(listener, ctx, shutdown, drain).await;
 }
+
+#[cfg(test)]
+mod tests;
