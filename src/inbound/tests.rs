@@ -1,0 +1,755 @@
+//! The SMTP server over real TCP on 127.0.0.1, with a spool in a temporary directory.
+//! Every wait is bounded by [`WAIT`], so a broken server fails a test instead of hanging it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{Context, SessionCount, serve};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::{Envelope, Spool};
+use crate::server::Settings;
+use crate::shutdown::{self, Trigger};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Routes `*@contoso.com` only: any other sender has no tenant.
+const ROUTED: &str = r#"
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+client_id = "abc"
+client_secret = "s3cret"
+mailbox = "relay@contoso.com"
+senders = ["*@contoso.com"]
+"#;
+
+/// The default tenant: takes every sender no other tenant claims, the null sender included.
+const DEFAULT: &str = r#"
+[[tenant]]
+name = "fabrikam"
+tenant_id = "fabrikam.onmicrosoft.com"
+client_id = "abc"
+client_secret = "s3cret"
+mailbox = "relay@fabrikam.com"
+"#;
+
+const SMALL: &str = "max_message_size = 2048\nmax_recipients = 3\n";
+
+struct Relay {
+    addr: SocketAddr,
+    spool: Spool,
+    ctx: Arc<Context>,
+    accepted: mpsc::UnboundedReceiver<Envelope>,
+    settings: watch::Sender<Arc<Settings>>,
+    trigger: Trigger,
+    server: JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, smtp: &str, tenants: &str) -> Config {
+    let text = format!(
+        "state_dir = {:?}\nhostname = \"relay.test\"\n[smtp]\n{smtp}\n{tenants}",
+        dir.display().to_string()
+    );
+    Config::from_toml(&text).expect("test config")
+}
+
+async fn start(smtp: &str) -> Relay {
+    start_with(smtp, ROUTED, 0).await
+}
+
+async fn start_with(smtp: &str, tenants: &str, min_free_space: u64) -> Relay {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(config(dir.path(), smtp, tenants));
+    let spool = Spool::open(dir.path(), min_free_space).expect("spool");
+    let (settings_tx, settings_rx) = watch::channel(settings);
+    let (accepted_tx, accepted) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        settings: settings_rx,
+        spool: spool.clone(),
+        accepted: accepted_tx,
+        metrics: Arc::new(Metrics::new()),
+        sessions: SessionCount::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (trigger, shutdown) = shutdown::channel();
+    let server = tokio::spawn(serve(listener, ctx.clone(), shutdown, WAIT));
+    Relay {
+        addr,
+        spool,
+        ctx,
+        accepted,
+        settings: settings_tx,
+        trigger,
+        server,
+        dir,
+    }
+}
+
+impl Relay {
+    async fn envelope(&mut self) -> Envelope {
+        tokio::time::timeout(WAIT, self.accepted.recv())
+            .await
+            .expect("an envelope in time")
+            .expect("channel open")
+    }
+
+    fn stored(&self) -> Vec<Envelope> {
+        let (all, errors) = self.spool.scan().expect("scan");
+        assert!(errors.is_empty(), "{errors:?}");
+        all
+    }
+
+    fn tmp_files(&self) -> usize {
+        std::fs::read_dir(self.spool.root().join("tmp"))
+            .expect("tmp")
+            .count()
+    }
+
+    fn received(&self, tenant: &str) -> u64 {
+        self.ctx
+            .metrics
+            .messages_received
+            .get_or_create(&Metrics::tenant(tenant))
+            .get()
+    }
+}
+
+struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects and returns the client with the server's first reply.
+    async fn connect(addr: SocketAddr) -> (Client, String) {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (r, w) = stream.into_split();
+        let mut client = Client {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = client.reply().await;
+        (client, greeting)
+    }
+
+    /// Connects, checks the greeting and says EHLO.
+    async fn ready(addr: SocketAddr) -> Client {
+        let (mut c, greeting) = Client::connect(addr).await;
+        assert_eq!(greeting, "220 relay.test ESMTP authrelay");
+        let ehlo = c.cmd("EHLO client.test").await;
+        assert!(ehlo.starts_with("250-relay.test"), "{ehlo}");
+        c
+    }
+
+    async fn send(&mut self, data: &[u8]) {
+        tokio::time::timeout(WAIT, self.writer.write_all(data))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// Reads one whole reply; the lines of a multi-line reply are joined with `\n`.
+    async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+                .await
+                .expect("a reply in time")
+                .expect("read");
+            assert!(n > 0, "connection closed; got {lines:?}");
+            let text = line
+                .strip_suffix("\r\n")
+                .unwrap_or_else(|| panic!("reply line without CRLF: {line:?}"));
+            assert!(text.len() >= 4, "short reply line {text:?}");
+            let last = text.as_bytes()[3] == b' ';
+            lines.push(text.to_string());
+            if last {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// True once the server has closed the connection (and sent nothing more).
+    async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("close in time")
+            .unwrap_or(0);
+        n == 0
+    }
+
+    /// MAIL, RCPT each, DATA and the content; returns the final reply.
+    async fn message(&mut self, from: &str, to: &[&str], content: &[u8]) -> String {
+        assert_eq!(
+            self.cmd(&format!("MAIL FROM:<{from}>")).await,
+            "250 2.1.0 Sender OK"
+        );
+        for rcpt in to {
+            assert_eq!(
+                self.cmd(&format!("RCPT TO:<{rcpt}>")).await,
+                "250 2.1.5 Recipient OK"
+            );
+        }
+        assert_eq!(
+            self.cmd("DATA").await,
+            "354 End data with <CR><LF>.<CR><LF>"
+        );
+        self.send(content).await;
+        self.reply().await
+    }
+}
+
+/// The queue id from `250 2.0.0 Ok: queued as ID`.
+fn queued_id(reply: &str) -> &str {
+    reply
+        .strip_prefix("250 2.0.0 Ok: queued as ")
+        .unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
+/// The stored message without our `Received:` header (its first line and the continuation
+/// lines after it).
+fn without_trace(message: &[u8]) -> &[u8] {
+    assert!(message.starts_with(b"Received: "), "no trace header");
+    let mut rest = message;
+    let mut first = true;
+    while first || rest.starts_with(b"\t") {
+        first = false;
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => rest = &rest[i + 1..],
+            None => return &[],
+        }
+    }
+    rest
+}
+
+#[tokio::test]
+async fn ehlo_helo_and_capabilities() {
+    let relay = start(SMALL).await;
+    let (mut c, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting, "220 relay.test ESMTP authrelay");
+    assert_eq!(
+        c.cmd("EHLO client.test").await,
+        "250-relay.test\n250-PIPELINING\n250-SIZE 2048\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250 HELP"
+    );
+    assert_eq!(c.cmd("HELO client.test").await, "250 relay.test");
+    assert!(c.cmd("EHLO").await.starts_with("501 5.5.4"));
+    assert!(c.cmd("EHLO ").await.starts_with("501 5.5.4"));
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn full_transaction_is_stored_and_handed_to_delivery() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com> BODY=8BITMIME SIZE=100")
+            .await,
+        "250 2.1.0 Sender OK"
+    );
+    for rcpt in ["bob@example.org", "BOB@example.org", "carol@example.org"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{rcpt}>")).await,
+            "250 2.1.5 Recipient OK"
+        );
+    }
+    assert_eq!(c.cmd("DATA").await, "354 End data with <CR><LF>.<CR><LF>");
+    c.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n").await;
+    let reply = c.reply().await;
+    let id = queued_id(&reply).to_string();
+
+    let env = relay.envelope().await;
+    assert_eq!(env.id, id);
+    assert_eq!(env.tenant, "contoso");
+    assert_eq!(env.mail_from, "alice@contoso.com");
+    let rcpts: Vec<_> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(rcpts, ["bob@example.org", "carol@example.org"]);
+    assert_eq!(env.client, "127.0.0.1");
+
+    let stored = relay.stored();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    assert_eq!(stored[0].recipients, env.recipients);
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert_eq!(stored[0].size, message.len() as u64);
+    let head = String::from_utf8_lossy(&message).into_owned();
+    let expected = format!(
+        "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (authrelay) with ESMTP id {id};\r\n\t"
+    );
+    assert!(head.starts_with(&expected), "{head}");
+    assert_eq!(without_trace(&message), b"Subject: hi\r\n\r\nhello\r\n");
+    assert_eq!(relay.tmp_files(), 0);
+    assert_eq!(relay.received("contoso"), 1);
+
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn dot_unstuffing() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    let reply = c
+        .message(
+            "alice@contoso.com",
+            &["bob@example.org"],
+            b"..x\r\nline\r\n..\r\n.end\r\n\r\n.\r\n",
+        )
+        .await;
+    let id = queued_id(&reply).to_string();
+    relay.envelope().await;
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert_eq!(without_trace(&message), b".x\r\nline\r\n.\r\nend\r\n\r\n");
+}
+
+#[tokio::test]
+async fn empty_message_is_stored() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b".\r\n")
+        .await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.id, id);
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert_eq!(without_trace(&message), b"");
+}
+
+#[tokio::test]
+async fn bare_lf_client() {
+    let mut relay = start(SMALL).await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    c.send(b"HELO lf.test\n").await;
+    assert_eq!(c.reply().await, "250 relay.test");
+    c.send(b"MAIL FROM:alice@contoso.com\nRCPT TO:bob@example.org\nDATA\n")
+        .await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
+    assert!(c.reply().await.starts_with("354 "));
+    c.send(b"Subject: lf\n\n..hi\n.\n").await;
+    let reply = c.reply().await;
+    let id = queued_id(&reply).to_string();
+    relay.envelope().await;
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert!(message.starts_with(b"Received: from lf.test ([127.0.0.1])"));
+    assert!(String::from_utf8_lossy(&message).contains(" with SMTP id "));
+    assert_eq!(without_trace(&message), b"Subject: lf\n\n.hi\n");
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_and_the_session_goes_on() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    for _ in 0..100 {
+        big.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    big.extend_from_slice(b".\r\n");
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], &big)
+        .await;
+    assert_eq!(
+        reply,
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    );
+    assert!(relay.stored().is_empty());
+    assert_eq!(relay.tmp_files(), 0);
+
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"small\r\n.\r\n")
+        .await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.id, id);
+    assert_eq!(relay.stored().len(), 1);
+}
+
+#[tokio::test]
+async fn declared_size_over_the_limit_is_refused_at_mail() {
+    let relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com> SIZE=4096").await,
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    );
+    // No transaction was started: a new MAIL is not nested.
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com> SIZE=2048").await,
+        "250 2.1.0 Sender OK"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_commands_in_one_write() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    c.send(
+        b"MAIL FROM:<alice@contoso.com>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n",
+    )
+    .await;
+    // The four replies come back in one write, not one packet each.
+    let first_read = tokio::time::timeout(WAIT, c.reader.fill_buf())
+        .await
+        .expect("replies in time")
+        .expect("read");
+    assert_eq!(
+        first_read.iter().filter(|&&b| b == b'\n').count(),
+        4,
+        "{}",
+        String::from_utf8_lossy(first_read)
+    );
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
+    assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
+    assert_eq!(c.reply().await, "354 End data with <CR><LF>.<CR><LF>");
+    // The end of the content and the next commands in one write as well.
+    c.send(b"one\r\n.\r\nMAIL FROM:<alice@contoso.com>\r\nRSET\r\nQUIT\r\n")
+        .await;
+    let reply = c.reply().await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK");
+    assert_eq!(c.reply().await, "250 2.0.0 Ok");
+    assert_eq!(c.reply().await, "221 2.0.0 Bye");
+    assert!(c.closed().await);
+    let env = relay.envelope().await;
+    assert_eq!(env.id, id);
+    assert_eq!(env.recipients.len(), 2);
+}
+
+#[tokio::test]
+async fn too_many_recipients() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    for n in 0..3 {
+        assert!(
+            c.cmd(&format!("RCPT TO:<r{n}@example.org>"))
+                .await
+                .starts_with("250 ")
+        );
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<r3@example.org>").await,
+        "452 4.5.3 Too many recipients"
+    );
+    // A duplicate of one already taken is still fine.
+    assert!(c.cmd("RCPT TO:<r0@example.org>").await.starts_with("250 "));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"x\r\n.\r\n").await;
+    queued_id(&c.reply().await);
+    assert_eq!(relay.envelope().await.recipients.len(), 3);
+}
+
+#[tokio::test]
+async fn sender_without_tenant_is_refused() {
+    let relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<x@other.org>").await,
+        "550 5.7.1 <x@other.org>: no tenant is configured to send mail from this sender"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<>").await,
+        "550 5.7.1 <>: no tenant is configured to send mail from this sender"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "503 5.5.1 Need MAIL command"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<bad address>")
+            .await
+            .starts_with("501 5.1.7")
+    );
+}
+
+#[tokio::test]
+async fn null_sender_goes_to_the_default_tenant() {
+    let mut relay = start_with(SMALL, &format!("{ROUTED}{DEFAULT}"), 0).await;
+    let mut c = Client::ready(relay.addr).await;
+    let reply = c
+        .message("", &["bob@example.org"], b"bounce\r\n.\r\n")
+        .await;
+    queued_id(&reply);
+    let env = relay.envelope().await;
+    assert_eq!(env.tenant, "fabrikam");
+    assert_eq!(env.mail_from, "");
+    assert_eq!(relay.received("fabrikam"), 1);
+}
+
+#[tokio::test]
+async fn sequence_errors_and_other_verbs() {
+    let relay = start(SMALL).await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "503 5.5.1 EHLO/HELO first"
+    );
+    assert_eq!(c.cmd("DATA").await, "503 5.5.1 Need MAIL command");
+    assert!(c.cmd("EHLO client.test").await.starts_with("250-"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "503 5.5.1 Nested MAIL command"
+    );
+    assert_eq!(c.cmd("DATA").await, "554 5.5.1 No valid recipients");
+    assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
+    assert_eq!(c.cmd("RSET").await, "250 2.0.0 Ok");
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "503 5.5.1 Need MAIL command"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<bob>").await,
+        "501 5.1.3 Bad recipient address syntax"
+    );
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+    assert_eq!(
+        c.cmd("VRFY bob").await,
+        "252 2.5.0 Cannot VRFY user, but will accept message"
+    );
+    assert!(c.cmd("EXPN list").await.starts_with("502 5.5.1"));
+    assert!(c.cmd("HELP").await.starts_with("214 2.0.0"));
+    assert_eq!(c.cmd("STARTTLS").await, "454 4.7.0 TLS not available");
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGFAYg==").await,
+        "503 5.5.1 Authentication not enabled"
+    );
+    assert!(c.cmd("BDAT 10 LAST").await.starts_with("502 5.5.1"));
+    assert_eq!(c.cmd("FOO bar").await, "500 5.5.2 Command unrecognized");
+    // EHLO resets the transaction.
+    assert!(c.cmd("EHLO again.test").await.starts_with("250-"));
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "503 5.5.1 Need MAIL command"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+}
+
+#[tokio::test]
+async fn unknown_command_and_long_line_leave_the_session_usable() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(c.cmd("XYZZY").await, "500 5.5.2 Command unrecognized");
+    let long = format!("NOOP {}", "x".repeat(20_000));
+    assert_eq!(c.cmd(&long).await, "500 5.5.2 Line too long");
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"x\r\n.\r\n")
+        .await;
+    queued_id(&reply);
+    relay.envelope().await;
+}
+
+#[tokio::test]
+async fn too_many_errors_close_the_session() {
+    let relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    for _ in 0..20 {
+        assert!(c.cmd("BOGUS").await.starts_with("500 "));
+    }
+    assert_eq!(c.cmd("BOGUS").await, "421 4.7.0 Too many errors");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn client_outside_the_allowlist_is_refused() {
+    let relay = start(&format!("{SMALL}allowed_clients = [\"10.0.0.0/8\"]\n")).await;
+    let (mut c, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting, "554 5.7.1 127.0.0.1 not allowed to relay");
+    assert!(c.closed().await);
+    assert_eq!(relay.ctx.sessions.active(), 0);
+}
+
+#[tokio::test]
+async fn session_limit_is_enforced_and_released() {
+    let relay = start(&format!("{SMALL}max_sessions = 1\n")).await;
+    let mut first = Client::ready(relay.addr).await;
+    let (mut second, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting, "421 4.7.0 Too many connections, try again later");
+    assert!(second.closed().await);
+    assert_eq!(relay.ctx.metrics.smtp_sessions_active.get(), 1);
+    assert_eq!(first.cmd("QUIT").await, "221 2.0.0 Bye");
+    assert!(first.closed().await);
+    let (_third, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting, "220 relay.test ESMTP authrelay");
+}
+
+#[tokio::test]
+async fn full_disk_is_refused_at_mail() {
+    let relay = start_with(SMALL, ROUTED, u64::MAX).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "452 4.3.1 Insufficient system storage"
+    );
+}
+
+#[tokio::test]
+async fn spool_failure_at_commit_is_never_a_250() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
+    // The rename into msg/ is going to fail.
+    std::fs::remove_dir(relay.spool.root().join("msg")).expect("remove msg/");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: doomed\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "452 4.3.1 Insufficient system storage");
+    assert!(relay.stored().is_empty());
+    assert_eq!(relay.tmp_files(), 0);
+    assert!(relay.accepted.try_recv().is_err());
+    assert_eq!(relay.received("contoso"), 0);
+    // The session is still usable.
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+#[tokio::test]
+async fn idle_client_times_out() {
+    let relay = start(&format!("{SMALL}command_timeout = \"200ms\"\n")).await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.4.2 relay.test Error: timeout exceeded"
+    );
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn stalled_data_times_out_and_stores_nothing() {
+    let relay = start(&format!("{SMALL}data_timeout = \"200ms\"\n")).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: half\r\n").await;
+    assert_eq!(
+        c.reply().await,
+        "421 4.4.2 relay.test Error: timeout exceeded"
+    );
+    assert!(c.closed().await);
+    assert!(relay.stored().is_empty());
+    assert_eq!(relay.tmp_files(), 0);
+}
+
+#[tokio::test]
+async fn reload_applies_to_the_next_transaction() {
+    let mut relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    let smaller = config(relay.dir.path(), "max_recipients = 1\n", ROUTED);
+    relay.settings.send_replace(Settings::new(smaller));
+    // The transaction in progress keeps the limit it started with.
+    assert!(c.cmd("RCPT TO:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"x\r\n.\r\n").await;
+    queued_id(&c.reply().await);
+    assert_eq!(relay.envelope().await.recipients.len(), 2);
+    // The next one gets the new one.
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").await.starts_with("452"));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_data_and_closes_idle_sessions() {
+    let mut relay = start(SMALL).await;
+    let mut idle = Client::ready(relay.addr).await;
+    let mut busy = Client::ready(relay.addr).await;
+    assert!(
+        busy.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        busy.cmd("RCPT TO:<bob@example.org>")
+            .await
+            .starts_with("250")
+    );
+    assert!(busy.cmd("DATA").await.starts_with("354"));
+    busy.send(b"Subject: in flight\r\n\r\n").await;
+
+    relay.trigger.fire();
+    assert_eq!(idle.reply().await, "421 4.3.2 Service shutting down");
+    assert!(idle.closed().await);
+
+    busy.send(b"still here\r\n.\r\n").await;
+    let reply = busy.reply().await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.id, id);
+    assert_eq!(busy.reply().await, "421 4.3.2 Service shutting down");
+    assert!(busy.closed().await);
+
+    tokio::time::timeout(WAIT, &mut relay.server)
+        .await
+        .expect("serve returns after draining")
+        .expect("serve did not panic");
+    assert_eq!(relay.ctx.sessions.active(), 0);
+    assert_eq!(relay.ctx.metrics.smtp_sessions_active.get(), 0);
+}
+
+#[tokio::test]
+async fn binary_garbage_gets_replies_not_a_crash() {
+    let relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    c.send(b"\x00\xff\xfe MAIL\r\n").await;
+    assert!(c.reply().await.starts_with("500 "));
+    c.send(b"MAIL FROM:<\xff\x00@x>\r\n").await;
+    assert!(c.reply().await.starts_with("501 "));
+    c.send(b"RCPT TO:<a@b> \x01\x02=\x03\r\n").await;
+    assert!(c.reply().await.starts_with("5"));
+    c.send(b"\r\n").await;
+    assert!(c.reply().await.starts_with("5"));
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
