@@ -114,7 +114,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         spool: spool.clone(),
         accepted: accepted_tx,
         metrics: metrics.clone(),
-        sessions: Arc::new(tokio::sync::Semaphore::new(config.smtp.max_sessions)),
+        sessions: inbound::SessionCount::default(),
     });
     let mut smtp_tasks = Vec::new();
     for l in listeners {
