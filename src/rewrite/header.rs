@@ -287,7 +287,7 @@ pub(crate) fn push_refolded(out: &mut Vec<u8>, name: &str, raw_value: &[u8]) {
 /// Writes one header line, folding it if it is longer than 998 octets: at the last whitespace
 /// that fits, or by cutting (at a UTF-8 character boundary where possible) where there is none.
 /// Every piece after the first starts with whitespace, so that it is a continuation line.
-fn push_long_line(out: &mut Vec<u8>, line: &[u8]) {
+pub(crate) fn push_long_line(out: &mut Vec<u8>, line: &[u8]) {
     let is_ws = |b: &u8| *b == b' ' || *b == b'\t';
     let mut rest = line;
     let mut indent = false;

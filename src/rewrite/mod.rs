@@ -42,7 +42,7 @@
 //! two parts that get the signature is held.
 
 mod cte;
-mod header;
+pub(crate) mod header;
 mod mime;
 
 #[cfg(test)]
@@ -92,6 +92,27 @@ pub struct Rewritten {
     pub envelope_from: String,
     /// The address of the original From (first mailbox of the first From), if it had one.
     pub original_from: Option<String>,
+}
+
+/// The header section of `raw` as lines with CRLF endings, each at most 998 octets (longer
+/// ones folded), without the empty line that ends it: what a DSN reports of a message.
+/// The section is found as [`rewrite`] finds it, so a message without headers gives nothing.
+pub(crate) fn header_lines(raw: &[u8]) -> Vec<u8> {
+    let start = skip_mbox_line(raw);
+    let section = header::scan(raw, start, raw.len());
+    let mut out = Vec::new();
+    for field in &section.fields {
+        let mut pos = field.start;
+        while pos < field.end {
+            let (content_end, next) = header::line_at(raw, pos, field.end);
+            let line = &raw[pos..content_end];
+            if pos == field.start || !header::is_blank(line) {
+                header::push_long_line(&mut out, line);
+            }
+            pos = next;
+        }
+    }
+    out
 }
 
 /// Rewrites `raw` per `rules`. Never fails and never panics: any input gives a message with
