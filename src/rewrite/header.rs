@@ -180,7 +180,9 @@ pub(crate) fn scan(input: &[u8], start: usize, end: usize) -> Section {
 }
 
 /// Appends `bytes` (part of a header field) line by line with CRLF endings, leaving out
-/// whitespace-only continuation lines (some parsers take them for the end of the section).
+/// whitespace-only continuation lines (some parsers take them for the end of the section)
+/// and turning a bare CR into a space (some parsers take it for a line break, which could
+/// make a second From out of a field's value).
 pub(crate) fn push_header_lines(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut pos = 0;
     let mut first = true;
@@ -188,7 +190,7 @@ pub(crate) fn push_header_lines(out: &mut Vec<u8>, bytes: &[u8]) {
         let (content_end, next) = line_at(bytes, pos, bytes.len());
         let line = &bytes[pos..content_end];
         if first || !is_blank(line) {
-            out.extend_from_slice(line);
+            out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
             out.extend_from_slice(b"\r\n");
         }
         first = false;

@@ -363,6 +363,8 @@ impl Signer {
         if contains(&text, b"-----BEGIN PGP ") {
             return None;
         }
+        let was_ascii = text.is_ascii();
+        let was_longest = longest_line(&text);
 
         let mut relabel = false;
         if html {
@@ -399,10 +401,13 @@ impl Signer {
         } else {
             None
         };
-        // 7bit cannot carry 8-bit octets, and no unencoded line may pass 998 octets.
+        // 7bit cannot carry 8-bit octets, and no unencoded line may pass 998 octets: when
+        // the signature brings either, the part becomes quoted-printable. (A body that broke
+        // these rules before keeps its encoding: that is not ours to fix.)
+        let too_long = longest_line(&text) > header::MAX_LINE && was_longest <= header::MAX_LINE;
         let needs_qp = match info.cte {
-            Cte::SevenBit => !text.is_ascii() || longest_line(&text) > header::MAX_LINE,
-            Cte::EightBit => longest_line(&text) > header::MAX_LINE,
+            Cte::SevenBit => (was_ascii && !text.is_ascii()) || too_long,
+            Cte::EightBit => too_long,
             _ => false,
         };
         let (cte, transfer_encoding) = if needs_qp {
@@ -424,30 +429,28 @@ impl Signer {
 
 impl Edit {
     /// Sets the header changes this edit needs on `actions` (one per field) and `appended`.
-    /// Returns true when a Content-Type field is added (a top-level caller then makes sure
-    /// there is a MIME-Version).
+    /// Returns true when it changes a MIME field (a top-level caller then makes sure there is
+    /// a MIME-Version, without which readers may ignore them).
     pub fn header_changes(
         &self,
         info: &Info,
         actions: &mut [Action],
         appended: &mut Vec<u8>,
     ) -> bool {
-        let mut added_content_type = false;
+        let mut changed = false;
         let slots = [
             (&self.content_type, info.content_type),
             (&self.transfer_encoding, info.transfer_encoding),
         ];
-        for (i, (lines, field)) in slots.into_iter().enumerate() {
+        for (lines, field) in slots {
             let Some(lines) = lines else { continue };
             match field.and_then(|f| actions.get_mut(f)) {
                 Some(action) => *action = Action::Replace(lines.clone()),
-                None => {
-                    appended.extend_from_slice(lines);
-                    added_content_type |= i == 0;
-                }
+                None => appended.extend_from_slice(lines),
             }
+            changed = true;
         }
-        added_content_type
+        changed
     }
 
     /// Writes the body in its (possibly new) transfer encoding.

@@ -95,7 +95,7 @@ pub struct Rewritten {
 }
 
 /// The header section of `raw` as lines with CRLF endings, each at most 998 octets (longer
-/// ones folded), without the empty line that ends it: what a DSN reports of a message.
+/// ones folded, bare CRs made spaces), without the empty line that ends it: what a DSN reports of a message.
 /// The section is found as [`rewrite`] finds it, so a message without headers gives nothing.
 pub(crate) fn header_lines(raw: &[u8]) -> Vec<u8> {
     let start = skip_mbox_line(raw);
@@ -105,9 +105,12 @@ pub(crate) fn header_lines(raw: &[u8]) -> Vec<u8> {
         let mut pos = field.start;
         while pos < field.end {
             let (content_end, next) = header::line_at(raw, pos, field.end);
-            let line = &raw[pos..content_end];
-            if pos == field.start || !header::is_blank(line) {
-                header::push_long_line(&mut out, line);
+            let line: Vec<u8> = raw[pos..content_end]
+                .iter()
+                .map(|&b| if b == b'\r' { b' ' } else { b })
+                .collect();
+            if pos == field.start || !header::is_blank(&line) {
+                header::push_long_line(&mut out, &line);
             }
             pos = next;
         }
@@ -193,13 +196,9 @@ pub fn rewrite(raw: &[u8], rules: &Rules<'_>) -> Rewritten {
         .collect();
     if !reply_to.is_empty() {
         let existing = named("Reply-To");
+        // A blank Reply-To counts as missing (and goes).
         let add = match rules.reply_to_mode {
-            ReplyToMode::Always => {
-                for &i in &existing {
-                    actions[i] = Action::Drop;
-                }
-                true
-            }
+            ReplyToMode::Always => true,
             ReplyToMode::IfMissing => existing.iter().all(|&i| fields[i].value_is_blank(raw)),
         };
         if add {

@@ -595,6 +595,17 @@ fn header_names_are_matched_without_case_and_with_obsolete_space() {
 }
 
 #[test]
+fn bare_cr_in_a_kept_header_cannot_start_a_field() {
+    let out = Config::new().run(b"X-App: a\rFrom: evil@x.com\r\nFrom: app@x.com\r\n\r\nbody\r\n");
+    assert!(text(&out).contains("X-App: a From: evil@x.com\r\n"));
+    assert!(
+        !out.message
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
+    );
+}
+
+#[test]
 fn whitespace_only_continuation_lines_are_dropped() {
     let raw = b"Subject: a\r\n \r\n b\r\nFrom: x@y.z\r\n\r\nbody\r\n";
     let out = Config::new().run(raw);
@@ -874,6 +885,35 @@ fn non_ascii_signature_in_8bit_utf8_part_stays_8bit() {
 }
 
 #[test]
+fn a_new_transfer_encoding_brings_mime_version() {
+    let raw = b"From: a@b.c\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n";
+    let out = Config::signature("\u{e9}").run(raw);
+    assert_eq!(values(&out, "Content-Type"), ["text/plain; charset=utf-8"]);
+    assert_eq!(
+        values(&out, "Content-Transfer-Encoding"),
+        ["quoted-printable"]
+    );
+    assert_eq!(values(&out, "MIME-Version"), ["1.0"]);
+    let parsed = MessageParser::default().parse(&out.message).unwrap();
+    assert_eq!(
+        parsed.body_text(0).unwrap(),
+        "hello\r\n\r\n-- \r\n\u{e9}\r\n"
+    );
+}
+
+#[test]
+fn mislabelled_8bit_body_keeps_its_encoding_for_an_ascii_signature() {
+    let raw = b"From: a@b.c\r\nSubject: s\r\n\r\nK\xf6ln\r\n";
+    let out = Config::signature("IT").run(raw);
+    assert_eq!(body(&out), b"K\xf6ln\r\n\r\n-- \r\nIT\r\n");
+    assert!(values(&out, "Content-Transfer-Encoding").is_empty());
+    assert!(values(&out, "MIME-Version").is_empty());
+    // Not valid UTF-8 and no charset: a non-ASCII signature has nowhere safe to go.
+    let out = Config::signature("\u{e9}").run(raw);
+    assert_eq!(body(&out), b"K\xf6ln\r\n");
+}
+
+#[test]
 fn rfc2231_charset_is_not_guessed_at() {
     let raw =
         b"From: a@b.c\r\nContent-Type: text/plain; charset*=us-ascii''us-ascii\r\n\r\nhello\r\n";
@@ -901,7 +941,8 @@ fn inline_pgp_is_left_alone() {
 
 #[test]
 fn long_line_in_7bit_html_switches_to_quoted_printable() {
-    let html = format!("<p>{}</p>", "a".repeat(995));
+    // 990 octets: the signature's "<br>-- <br>" takes the line past 998.
+    let html = format!("<p>{}</p>", "a".repeat(983));
     let raw = format!("From: a@b.c\r\nContent-Type: text/html\r\n\r\n{html}");
     let out = Config::signature("S").run(raw.as_bytes());
     assert_eq!(
@@ -1171,4 +1212,57 @@ fn content_type_parsing_helpers() {
         mime::entity_info(raw, &fields, false).kind,
         mime::Kind::Other
     );
+}
+
+#[test]
+fn fuzz_header_grammar_keeps_exactly_one_from() {
+    let pieces: [&[u8]; 28] = [
+        b"From: a@b.c",
+        b"FROM : Alerts <alerts@contoso.com>",
+        b"from:relay@contoso.com",
+        b" From: folded@x.com",
+        b"\tFrom: tab@x.com",
+        b"From",
+        b"From ",
+        b":From: colon@x.com",
+        b"F rom: spaced@x.com",
+        b"From\x00: nul@x.com",
+        b"\x0cFrom: ff@x.com",
+        b"X-Original-From: forged@x.com",
+        b"Sender: s@x.com",
+        b"Subject: =?utf-8?q?caf=C3=A9?=",
+        b"To: \"unterminated",
+        b"Cc: (open comment",
+        b"Content-Type: multipart/mixed; boundary=b",
+        b"Content-Type: text/plain; charset=us-ascii",
+        b"Content-Transfer-Encoding: base64",
+        b"--b",
+        b"--b--",
+        b" ",
+        b"\t",
+        b"",
+        b"body text",
+        b"\xff\xfe",
+        b"=?utf-8?b?QGV2aWw=?=",
+        b"Reply-To: r@x.com",
+    ];
+    let endings: [&[u8]; 4] = [b"\r\n", b"\n", b"\r", b"\r\r\n"];
+    let mut rng = StdRng::seed_from_u64(2026);
+    let configs = [
+        Config::signature("S\u{e9}"),
+        Config {
+            from_name: None,
+            reply_to: Some("r@contoso.com"),
+            reply_to_mode: ReplyToMode::IfMissing,
+            ..Config::new()
+        },
+    ];
+    for round in 0..3000 {
+        let mut raw = Vec::new();
+        for _ in 0..rng.gen_range(0..16) {
+            raw.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            raw.extend_from_slice(endings[rng.gen_range(0..endings.len())]);
+        }
+        configs[round % 2].run(&raw);
+    }
 }
