@@ -88,7 +88,7 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
     };
 
     let mut out = Vec::with_capacity(original_headers.len() + 2048);
-    let from = token(dsn.from);
+    let from = token(address_in(dsn.from));
     let from = if from.is_empty() {
         format!("MAILER-DAEMON@{host}")
     } else {
@@ -99,7 +99,7 @@ pub fn build(dsn: &Dsn<'_>) -> Vec<u8> {
         "From",
         &["Mail", "Delivery", "System", &format!("<{from}>")],
     );
-    let to = token(dsn.to);
+    let to = token(address_in(dsn.to));
     if to.is_empty() {
         push_folded(&mut out, "To", &["undisclosed-recipients:;"]);
     } else {
@@ -198,9 +198,14 @@ fn human_text(dsn: &Dsn<'_>, host: &str, any_failed: bool, any_delayed: bool) ->
     } else {
         format!("<{sender}>")
     };
+    let queue_id = clean(dsn.queue_id);
+    let queue_id = if queue_id.is_empty() {
+        String::new()
+    } else {
+        format!("Queue ID {queue_id}, ")
+    };
     paragraphs.push(format!(
-        "Queue ID {}, from {sender}, received {}.",
-        clean(dsn.queue_id),
+        "{queue_id}from {sender}, received {}.",
         rfc5322_date(dsn.arrival)
     ));
     for failure in dsn.failures {
@@ -275,6 +280,14 @@ fn ascii(s: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii() { c } else { '?' })
         .collect()
+}
+
+/// The address in `s`: what is inside the last `<...>` if there is one, else all of it.
+fn address_in(s: &str) -> &str {
+    match s.rsplit_once('<') {
+        Some((_, rest)) => rest.split('>').next().unwrap_or(rest),
+        None => s,
+    }
 }
 
 /// An address or host name as one header token: no whitespace, controls or angle brackets.
@@ -623,6 +636,27 @@ mod tests {
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 unknown ?ser\r\n"));
         assert!(text.contains("To: undisclosed-recipients:;\r\n"));
         MessageParser::default().parse(&out).unwrap();
+    }
+
+    #[test]
+    fn from_and_to_may_come_with_display_names() {
+        let failures = failures();
+        let mut d = dsn(&failures);
+        d.from = "Postmaster <postmaster@relay.example>";
+        d.to = "App Owner <owner@x.com>";
+        d.queue_id = "";
+        let out = build(&d);
+        let message = MessageParser::default().parse(&out).unwrap();
+        let from = message.from().unwrap().first().unwrap();
+        assert_eq!(from.address(), Some("postmaster@relay.example"));
+        assert_eq!(from.name(), Some("Mail Delivery System"));
+        assert_eq!(
+            message.to().unwrap().first().unwrap().address(),
+            Some("owner@x.com")
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("X-Queue-ID"));
+        assert!(!text.contains("Queue ID"));
     }
 
     #[test]
