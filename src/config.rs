@@ -142,15 +142,7 @@ pub enum Transport {
     Graph,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyToMode {
-    /// Replace any Reply-To the app set.
-    #[default]
-    Always,
-    /// Only add Reply-To when the message has none.
-    IfMissing,
-}
+pub use crate::rewrite::ReplyToMode;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
