@@ -66,7 +66,7 @@ pub async fn run(
                 tokens
                     .accept_grant(tenant, granted)
                     .map_err(|e| GrantError::Local(format!("cannot store the token: {e}")))?;
-                tracing::info!(tenant = %tenant.name, mailbox = %tenant.mailbox, "signed in with a device code; token stored");
+                tracing::debug!(tenant = %tenant.name, mailbox = %tenant.mailbox, "signed in with a device code; token stored");
                 return Ok(());
             }
             Err(e) => match next_interval(interval, &e, &mut transient) {
