@@ -1,13 +1,13 @@
-//! The one-shot commands besides `run`: `verify`, `queue`, `send-test`. Each prints for a
+//! The one-shot commands besides `run`: `verify`, `authorize`, `queue`, `send-test`. Each prints for a
 //! person and returns the process exit code; `main.rs` only parses and dispatches.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, Tenant, format_time};
+use crate::config::{AuthFlow, Config, Tenant, format_time};
 use crate::metrics::Metrics;
-use crate::oauth::TokenManager;
+use crate::oauth::{TokenManager, authorize, device};
 use crate::outbound::Outbound;
 use crate::queue::{Envelope, RcptStatus, Spool, SpoolError, State};
 
@@ -60,6 +60,134 @@ pub async fn verify_tenant(outbound: &Outbound, tenant: &Tenant) -> Result<(), S
     let up = outbound.connect(tenant).await.map_err(|(_, why)| why)?;
     up.quit().await;
     Ok(())
+}
+
+/// Delegated sign-in for one tenant. Without `device`, prints the admin listener's
+/// `/oauth/TENANT/authorize` link (authorization code with PKCE; the running daemon receives
+/// the code). With `device`, or for a `device_code` tenant, runs the device code flow here and
+/// stores the token under `state_dir/tokens/`, where a running daemon finds it at its next
+/// refresh. Exit 0 on success, 1 when sign-in fails, 2 when there is nothing to do.
+pub async fn authorize(config: &Config, name: &str, device: bool) -> Result<ExitCode, CliError> {
+    let Some(tenant) = config.tenant(name) else {
+        eprintln!("authrelay: {}", CliError::NoTenant(name.into()));
+        return Ok(ExitCode::from(2));
+    };
+    if !tenant.auth.is_delegated() {
+        eprintln!(
+            "{name}: uses client_credentials: there is nothing to authorize; the app's own credentials get its tokens (check them with `authrelay verify {name}`)"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if device || tenant.auth == AuthFlow::DeviceCode {
+        authorize_device(config, tenant).await
+    } else {
+        Ok(authorize_browser(config, tenant).await)
+    }
+}
+
+async fn authorize_browser(config: &Config, tenant: &Tenant) -> ExitCode {
+    let name = &tenant.name;
+    let (Some(listen), Some(base), Some(redirect)) = (
+        config.admin.listen,
+        authorize::admin_base_url(config),
+        authorize::redirect_uri(config),
+    ) else {
+        eprintln!(
+            "{name}: the admin listener is disabled (admin.listen = \"\"), so Microsoft has nowhere to send the browser back to; enable it, or run `authrelay authorize {name} --device`"
+        );
+        return ExitCode::from(2);
+    };
+    println!("Open this URL in a browser that reaches the authrelay admin listener:\n");
+    println!("    {base}/oauth/{name}/authorize\n");
+    println!(
+        "It sends you on to Microsoft's sign-in page ({}) with a one-time state and PKCE challenge that the running daemon keeps for 10 minutes. Sign in as {}. Microsoft then sends the browser back to\n",
+        tenant.endpoint("authorize"),
+        tenant.mailbox
+    );
+    println!("    {redirect}\n");
+    println!(
+        "where the daemon exchanges the code and stores the token. Register that redirect URI exactly as shown in the app registration (Authentication, platform \"Web\")."
+    );
+    let ip = listen.ip();
+    if config.admin.public_url.is_none() && (ip.is_loopback() || ip.is_unspecified()) {
+        let target = if ip.is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        };
+        println!(
+            "\nMicrosoft sends the browser back to localhost, so open the URL on this host, or from another machine through a tunnel to the admin port:\n\n    ssh -L {port}:{target} {host}",
+            port = listen.port(),
+            host = config.hostname,
+        );
+    }
+    let probe = if ip.is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(probe),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !reachable {
+        eprintln!(
+            "\nwarning: nothing answers on {probe}: start the daemon (`authrelay run`, or its systemd service) before opening the URL"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+async fn authorize_device(config: &Config, tenant: &Tenant) -> Result<ExitCode, CliError> {
+    let name = &tenant.name;
+    let tokens = TokenManager::new(&config.state_dir, Arc::new(Metrics::new()))?;
+    warn_if_foreign_state_dir(config, name);
+    if tenant.auth == AuthFlow::AuthorizationCode {
+        println!(
+            "{name} is set up for the authorization code flow; the device code flow also works if the app registration allows public client flows."
+        );
+    }
+    let result = device::run(tokens.http(), tenant, &tokens, |dc| {
+        println!("{}", device::instructions(dc));
+        println!(
+            "Sign in as {}. Waiting for you (the code expires in {})...",
+            tenant.mailbox,
+            humantime::format_duration(Duration::from_secs(dc.expires_in))
+        );
+    })
+    .await;
+    match result {
+        Ok(()) => {
+            println!("{name}: authorized; token stored");
+            println!("A running daemon uses it at its next token refresh attempt.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{name}: not authorized: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `sudo authrelay authorize` writes a root-owned 0600 token file that a daemon running as
+/// its own user cannot read: say so before the person signs in.
+fn warn_if_foreign_state_dir(config: &Config, name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = config.state_dir.join("tokens");
+    let Ok(meta) = std::fs::metadata(&dir) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        eprintln!(
+            "warning: {} belongs to uid {} but this command runs as uid {me}; the daemon may not be able to read the token stored here. Run it as the service's user, e.g. `sudo -u authrelay authrelay authorize {name} --device`.",
+            dir.display(),
+            meta.uid()
+        );
+    }
 }
 
 pub enum QueueAction {

@@ -6,6 +6,7 @@
 //! with a token from [`oauth`]. [`server`] wires them together; [`cli`] holds the one-shot
 //! commands.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod inbound;

@@ -35,6 +35,13 @@ enum Command {
     CheckConfig,
     /// Get a token and authenticate upstream (EHLO, STARTTLS, AUTH XOAUTH2, QUIT)
     Verify { tenant: Option<String> },
+    /// Delegated sign-in: print the URL to open, or run the device code flow
+    Authorize {
+        tenant: String,
+        /// Sign in with a code on any device (device code flow) instead of a browser redirect
+        #[arg(long)]
+        device: bool,
+    },
     /// Inspect and manage the spool
     Queue {
         #[command(subcommand)]
@@ -102,6 +109,12 @@ fn main() -> ExitCode {
             init_logging(&config, false);
             runtime()
                 .and_then(|rt| Ok(rt.block_on(authrelay::cli::verify(&config, tenant.as_deref()))?))
+        }
+        Command::Authorize { tenant, device } => {
+            init_logging(&config, false);
+            runtime().and_then(|rt| {
+                Ok(rt.block_on(authrelay::cli::authorize(&config, &tenant, device))?)
+            })
         }
         Command::Queue { action } => {
             let a = match action {

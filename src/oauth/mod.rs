@@ -8,6 +8,8 @@
 //! the loop could not keep up (first start, endpoint down).
 
 pub mod assertion;
+pub mod authorize;
+pub mod device;
 pub mod grant;
 pub mod store;
 
@@ -101,6 +103,8 @@ pub struct TokenManager {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     metrics: Arc<Metrics>,
     wake: tokio::sync::Notify,
+    /// Authorization code sign-ins started from the admin listener and not yet finished.
+    pub authorizations: authorize::Pending,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -125,6 +129,7 @@ impl TokenManager {
             slots: Mutex::new(HashMap::new()),
             metrics,
             wake: tokio::sync::Notify::new(),
+            authorizations: authorize::Pending::new(),
         })
     }
 

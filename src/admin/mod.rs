@@ -1,0 +1,2 @@
+//! Admin HTTP.
+pub mod oauth;
