@@ -359,7 +359,8 @@ impl TokenManager {
         }
         match token {
             Some(t) => t.expires() - refresh_margin(t.lifetime()),
-            None => SystemTime::now(),
+            // No token yet: due at once (the epoch is before any `now` the loop compares with).
+            None => UNIX_EPOCH,
         }
     }
 

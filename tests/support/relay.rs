@@ -103,7 +103,7 @@ pub struct Relay {
 impl Relay {
     /// Writes a config for these tenants and starts the relay, waiting until it accepts SMTP
     /// connections.
-    pub async fn start(fake: &FakeMicrosoft, tenants: &[TenantSpec], opts: Options) -> Relay {
+    pub async fn start(fake: &FakeMicrosoft, tenants: &[TenantSpec], opts: Options<'_>) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, fake.ca_pem()).expect("write CA");
