@@ -4,8 +4,11 @@
 //! picks its tenant, [`queue`] makes it durable and schedules delivery, [`rewrite`] turns it
 //! into something Exchange Online will take from our mailbox, and [`outbound`] delivers it
 //! with a token from [`oauth`]. [`server`] wires them together; [`cli`] holds the one-shot
-//! commands.
+//! commands. Around them, [`admin`] serves metrics, health and the status page, [`watch`]
+//! warns before a tenant's client secret expires, and [`systemd`] keeps the service manager
+//! informed.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod inbound;
@@ -18,3 +21,4 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod submit;
+pub mod watch;
