@@ -21,4 +21,5 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod submit;
+pub mod systemd;
 pub mod watch;
