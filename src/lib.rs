@@ -4,7 +4,9 @@
 //! picks its tenant, [`queue`] makes it durable and schedules delivery, [`rewrite`] turns it
 //! into something Exchange Online will take from our mailbox, and [`outbound`] delivers it
 //! with a token from [`oauth`]. [`server`] wires them together; [`cli`] holds the one-shot
-//! commands.
+//! commands. Around them, [`admin`] serves metrics, health and the status page, [`watch`]
+//! warns before a tenant's client secret expires, and [`systemd`] keeps the service manager
+//! informed.
 
 pub mod admin;
 pub mod cli;
@@ -19,3 +21,5 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod submit;
+pub mod systemd;
+pub mod watch;

@@ -16,7 +16,7 @@ use crate::queue::delivery::Delivery;
 use crate::queue::scheduler::Scheduler;
 use crate::queue::{Spool, SpoolError};
 use crate::routing::Router;
-use crate::{inbound, shutdown};
+use crate::{admin, inbound, shutdown, systemd};
 
 /// The configuration in force, swapped as a whole on reload so a session or a delivery sees
 /// one consistent version from start to end.
@@ -79,6 +79,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
             })?;
         listeners.push(l);
     }
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let (settings_tx, settings_rx) = watch::channel(Settings::new(config.clone()));
     let (trigger, shutdown) = shutdown::channel();
@@ -92,8 +103,23 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         tokens: tokens.clone(),
         metrics: metrics.clone(),
     });
-    // The admin listener (issue 5) and anything else that observes the daemon take `daemon`.
-    let _ = &daemon;
+    // Observers of the daemon: the admin listener, the secret-expiry watcher, systemd STATUS=.
+    let mut observers = Vec::new();
+    if let Some(l) = admin_listener {
+        observers.push(tokio::spawn(admin::serve(
+            l,
+            daemon.clone(),
+            shutdown.clone(),
+        )));
+    }
+    observers.push(tokio::spawn(crate::watch::run(
+        daemon.clone(),
+        shutdown.clone(),
+    )));
+    observers.push(tokio::spawn(systemd::run_status(
+        daemon.clone(),
+        shutdown.clone(),
+    )));
 
     let delivery = Arc::new(Delivery {
         settings: settings_rx.clone(),
@@ -108,6 +134,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
             .clone()
             .run_refresh_loop(settings_rx.clone(), shutdown.clone()),
     );
+    let mut watchdog = systemd::Watchdog::new(daemon.clone());
+    watchdog.watch("delivery", &delivery_task);
+    watchdog.watch("token refresh", &refresh_task);
 
     let ctx = Arc::new(inbound::Context {
         settings: settings_rx.clone(),
@@ -136,8 +165,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         state_dir = %config.state_dir.display(),
         "authrelay ready"
     );
+    systemd::ready(&format!("ready: {} tenants", config.tenants.len()));
 
-    wait_for_signals(&settings_tx, config_path.as_deref(), &tokens).await?;
+    wait_for_signals(&settings_tx, config_path.as_deref(), &tokens, &mut watchdog).await?;
+    systemd::stopping();
 
     tracing::info!("shutting down: no new connections, finishing work in flight");
     trigger.fire();
@@ -147,6 +178,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         }
         let _ = delivery_task.await;
         let _ = refresh_task.await;
+        for t in observers {
+            let _ = t.await;
+        }
     })
     .await;
     if drained.is_err() {
@@ -160,6 +194,7 @@ async fn wait_for_signals(
     settings: &watch::Sender<Arc<Settings>>,
     config_path: Option<&std::path::Path>,
     tokens: &TokenManager,
+    watchdog: &mut systemd::Watchdog,
 ) -> Result<(), ServerError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
@@ -169,7 +204,9 @@ async fn wait_for_signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            _ = watchdog.tick() => watchdog.ping(),
             _ = hup.recv() => {
+                systemd::reloading();
                 match reload(config_path) {
                     Ok(new) => {
                         let old = settings.borrow().config.clone();
@@ -179,8 +216,12 @@ async fn wait_for_signals(
                         settings.send_replace(Settings::new(new));
                         tokens.wake();
                         tracing::info!("configuration reloaded");
+                        systemd::ready("configuration reloaded");
                     }
-                    Err(e) => tracing::error!(error = %e, "reload refused; the old configuration stays in force"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the old configuration stays in force");
+                        systemd::ready("reload refused; the old configuration stays in force");
+                    }
                 }
             }
         }
