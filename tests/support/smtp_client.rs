@@ -210,8 +210,8 @@ impl SmtpClient {
         self.read_reply().await
     }
 
-    /// MAIL, RCPT for each, DATA, one at a time; stops at and returns the first negative reply
-    /// (after RSET-free abandonment), else returns the reply to the final dot.
+    /// MAIL, RCPT for each, DATA, one at a time. Returns the first reply that is not 250
+    /// (without sending RSET: the caller decides), else the reply to the final dot.
     pub async fn send_mail(
         &mut self,
         from: &str,
