@@ -36,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
 
     let fake = FakeMicrosoft::start().await;
     fake.add_app(
-        App::new("contoso-sandbox", "sandbox-client", "relay@contoso.example").with_secret("sandbox-secret"),
+        App::new("contoso-sandbox", "sandbox-client", "relay@contoso.example")
+            .with_secret("sandbox-secret"),
     );
 
     let dir = PathBuf::from("sandbox");
@@ -109,7 +110,9 @@ Ctrl-C stops everything.
     tokio::spawn(async move {
         let mut seen = 0;
         loop {
-            let all = watcher.wait_delivered(seen + 1, Duration::from_secs(86400 * 365)).await;
+            let all = watcher
+                .wait_delivered(seen + 1, Duration::from_secs(86400 * 365))
+                .await;
             for d in &all[seen..] {
                 seen += 1;
                 let file = out.join(format!("{seen}.eml"));

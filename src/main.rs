@@ -165,12 +165,13 @@ fn init_logging(config: &Config, json_flag: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     if json_flag || config.log.format == LogFormat::Json {
         builder.json().init();
     } else if under_journald {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }

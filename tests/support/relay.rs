@@ -49,7 +49,8 @@ impl TenantSpec {
 
     /// Registers the app at the fake Microsoft.
     pub fn register(&self, fake: &FakeMicrosoft, send_as: &[&str]) {
-        let mut app = App::new(&self.tenant_id, &self.client_id, &self.mailbox).with_secret(&self.secret);
+        let mut app =
+            App::new(&self.tenant_id, &self.client_id, &self.mailbox).with_secret(&self.secret);
         app.send_as = send_as.iter().map(|s| s.to_string()).collect();
         fake.add_app(app);
     }
@@ -174,7 +175,11 @@ impl Relay {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("authrelay exited with {status} at start:\n{}", self.logs());
             }
             // Any greeting means it listens (a test may have made it refuse us with 554).
@@ -182,7 +187,11 @@ impl Relay {
                 let _ = c.quit().await;
                 return;
             }
-            assert!(Instant::now() < deadline, "authrelay did not start listening:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "authrelay did not start listening:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -212,11 +221,19 @@ impl Relay {
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "authrelay did not stop:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "authrelay did not stop:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -229,7 +246,11 @@ impl Relay {
     pub async fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while !self.logs().contains(needle) {
-            assert!(Instant::now() < deadline, "log never said {needle:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -237,7 +258,11 @@ impl Relay {
     /// Files in the spool's envelope directory (queued or failed messages).
     pub fn queued(&self) -> Vec<String> {
         std::fs::read_dir(self.state_dir().join("queue/env"))
-            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -257,7 +282,9 @@ impl Relay {
 
     /// Opens an SMTP session to the relay and says EHLO.
     pub async fn session(&self) -> SmtpClient {
-        let (mut c, greeting) = SmtpClient::connect(&self.smtp.to_string()).await.expect("connect to relay");
+        let (mut c, greeting) = SmtpClient::connect(&self.smtp.to_string())
+            .await
+            .expect("connect to relay");
         assert_eq!(greeting.code, 220, "greeting: {}", greeting.text());
         let r = c.ehlo("app01.test").await.expect("EHLO");
         assert_eq!(r.code, 250);
@@ -267,7 +294,10 @@ impl Relay {
     /// Sends one message in a fresh session; returns the final reply to DATA.
     pub async fn send(&self, from: &str, to: &[&str], message: &str) -> super::Reply {
         let mut c = self.session().await;
-        let r = c.send_mail(from, to, message.as_bytes()).await.expect("send");
+        let r = c
+            .send_mail(from, to, message.as_bytes())
+            .await
+            .expect("send");
         let _ = c.quit().await;
         r
     }
@@ -311,5 +341,7 @@ impl Drop for Relay {
 
 /// A small plain-text message.
 pub fn message(from: &str, to: &str, subject: &str) -> String {
-    format!("From: App <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nHello from the test suite.\r\n")
+    format!(
+        "From: App <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nHello from the test suite.\r\n"
+    )
 }
