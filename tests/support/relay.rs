@@ -129,6 +129,9 @@ impl Relay {
         }
         let config_path = dir.path().join("authrelay.toml");
         std::fs::write(&config_path, &config).expect("write config");
+        // It holds client secrets: owner-only, as authrelay insists for such files.
+        std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod config");
         let log_path = dir.path().join("relay.log");
         let mut relay = Relay {
             child: None,
