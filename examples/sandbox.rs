@@ -82,7 +82,10 @@ tls_ca_file = "{ca}"
     );
     std::fs::write(&config_path, &config_text)?;
     // The file holds a (sandbox) client secret: owner-only, as authrelay insists.
-    std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(
+        &config_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let config = authrelay::config::Config::load(&config_path)?;
 
     println!(

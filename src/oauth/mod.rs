@@ -178,6 +178,8 @@ impl TokenManager {
                 return Ok(t.access());
             }
         }
+        // The refresh loop normally renews ahead of time; getting here means it could not.
+        tracing::info!(tenant = %tenant.name, "no fresh token cached; fetching one inline");
         self.renew(tenant, &slot, None).await
     }
 
@@ -395,8 +397,22 @@ impl TokenManager {
         }
     }
 
-    /// Wakes the refresh loop (after a reload or an authorization).
+    /// Wakes the refresh loop after a reload: the operator may have fixed what made the
+    /// last request fail (new secret, `authorize --device` in another process), so forget
+    /// the back-off and re-read the token store.
     pub fn wake(&self) {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.retry_at = None;
+            st.loaded = false;
+        }
         self.wake.notify_one();
     }
 }

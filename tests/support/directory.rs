@@ -262,6 +262,10 @@ pub(crate) struct State {
     pub smtp_current: usize,
     pub smtp_max_concurrent: usize,
     pub smtp_mailbox_limit: Option<usize>,
+    /// Exchange's per-mailbox message rate: at most `.0` messages in any `.1`.
+    pub smtp_rate_limit: Option<(usize, std::time::Duration)>,
+    pub smtp_accepted_at: VecDeque<std::time::Instant>,
+    pub smtp_rate_refusals: usize,
     pub smtp_sessions_per_mailbox: HashMap<String, usize>,
     pub auth_failures: usize,
 
@@ -387,6 +391,9 @@ impl Shared {
                 smtp_current: 0,
                 smtp_max_concurrent: 0,
                 smtp_mailbox_limit: None,
+                smtp_rate_limit: None,
+                smtp_accepted_at: VecDeque::new(),
+                smtp_rate_refusals: 0,
                 smtp_sessions_per_mailbox: HashMap::new(),
                 auth_failures: 0,
                 graph_fault: GraphFault::None,

@@ -640,6 +640,30 @@ impl Session {
                 return Ok(Flow::Continue);
             }
         }
+        let over_rate = self.shared.with(|s| {
+            let Some((limit, window)) = s.smtp_rate_limit else {
+                return false;
+            };
+            let now = std::time::Instant::now();
+            while s
+                .smtp_accepted_at
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
+                s.smtp_accepted_at.pop_front();
+            }
+            if s.smtp_accepted_at.len() >= limit {
+                s.smtp_rate_refusals += 1;
+                return true;
+            }
+            s.smtp_accepted_at.push_back(now);
+            false
+        });
+        if over_rate {
+            self.reply("421 4.4.2 Message submission rate for this client has exceeded the configured limit")
+                .await?;
+            return Ok(Flow::Continue);
+        }
         let message_id = headers::fields(headers::header_block_or_all(&data))
             .into_iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("Message-ID"))

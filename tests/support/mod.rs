@@ -334,6 +334,18 @@ impl FakeMicrosoft {
         self.shared().with(|s| s.smtp_mailbox_limit = limit);
     }
 
+    /// Enforces Exchange's per-mailbox message rate: more than `limit` messages in any
+    /// `window` get `421 4.4.2 Message submission rate ... exceeded` at the final dot.
+    pub fn set_smtp_rate_limit(&self, limit: usize, window: Duration) {
+        self.shared()
+            .with(|s| s.smtp_rate_limit = Some((limit, window)));
+    }
+
+    /// How many messages the rate limit refused.
+    pub fn smtp_rate_refusals(&self) -> usize {
+        self.shared().read(|s| s.smtp_rate_refusals)
+    }
+
     // ----- SMTP observations -----------------------------------------------------------------
 
     /// Command lines seen, in order, across connections (AUTH payloads redacted).

@@ -47,12 +47,30 @@ impl TenantSpec {
         self
     }
 
+    /// No client secret (certificate or public-client tenants).
+    pub fn without_secret(mut self) -> TenantSpec {
+        self.secret.clear();
+        self
+    }
+
     /// Registers the app at the fake Microsoft.
     pub fn register(&self, fake: &FakeMicrosoft, send_as: &[&str]) {
-        let mut app =
-            App::new(&self.tenant_id, &self.client_id, &self.mailbox).with_secret(&self.secret);
+        self.register_app(fake, send_as, |a| a);
+    }
+
+    /// Registers the app, letting the test adjust it (certificate, redirect URIs).
+    pub fn register_app(
+        &self,
+        fake: &FakeMicrosoft,
+        send_as: &[&str],
+        adjust: impl FnOnce(App) -> App,
+    ) {
+        let mut app = App::new(&self.tenant_id, &self.client_id, &self.mailbox);
+        if !self.secret.is_empty() {
+            app = app.with_secret(&self.secret);
+        }
         app.send_as = send_as.iter().map(|s| s.to_string()).collect();
-        fake.add_app(app);
+        fake.add_app(adjust(app));
     }
 
     pub fn toml(&self, fake: &FakeMicrosoft, ca_file: &Path) -> String {
@@ -62,8 +80,7 @@ impl TenantSpec {
 name = "{name}"
 tenant_id = "{tid}"
 client_id = "{cid}"
-client_secret = "{secret}"
-mailbox = "{mailbox}"
+{secret}mailbox = "{mailbox}"
 authority = "{authority}"
 smtp_server = "{smtp}"
 tls_ca_file = "{ca}"
@@ -72,7 +89,11 @@ upstream_timeout = "10s"
             name = self.name,
             tid = self.tenant_id,
             cid = self.client_id,
-            secret = self.secret,
+            secret = if self.secret.is_empty() {
+                String::new()
+            } else {
+                format!("client_secret = \"{}\"\n", self.secret)
+            },
             mailbox = self.mailbox,
             authority = fake.authority(),
             smtp = fake.smtp_server(),
@@ -130,8 +151,11 @@ impl Relay {
         let config_path = dir.path().join("authrelay.toml");
         std::fs::write(&config_path, &config).expect("write config");
         // It holds client secrets: owner-only, as authrelay insists for such files.
-        std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod config");
+        std::fs::set_permissions(
+            &config_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod config");
         let log_path = dir.path().join("relay.log");
         let mut relay = Relay {
             child: None,
