@@ -338,10 +338,12 @@ impl Session {
         }
         self.reload();
         if self.auth_mode() == AuthMode::Required && self.user.is_none() {
-            return if self.may_authenticate() {
-                reply::AUTH_REQUIRED
-            } else {
+            let starttls_would_help =
+                !self.may_authenticate() && self.listener.tls == TlsMode::Starttls;
+            return if starttls_would_help {
                 reply::STARTTLS_FIRST
+            } else {
+                reply::AUTH_REQUIRED
             };
         }
         if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {

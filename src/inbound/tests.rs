@@ -1111,13 +1111,24 @@ async fn remote_clients_must_use_tls_to_authenticate() {
             .await,
         "538 5.7.11 Encryption required for requested authentication mechanism"
     );
-    // A listener that requires AUTH sends such a client to STARTTLS first.
-    let required = listener(TlsMode::None, Some(AuthMode::Required));
+    // A listener that requires AUTH sends such a client to STARTTLS first, where it can.
+    let required = listener(TlsMode::Starttls, Some(AuthMode::Required));
     let (mut c, _t2) = session_from(&relay, "192.0.2.10", false, required.clone()).await;
-    c.cmd("EHLO remote.test").await;
+    let ehlo = c.cmd("EHLO remote.test").await;
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     assert_eq!(
         c.cmd("MAIL FROM:<alice@contoso.com>").await,
         "530 5.7.0 Must issue a STARTTLS command first"
+    );
+    let plain_only = listener(TlsMode::None, Some(AuthMode::Required));
+    let (mut c, _t4) = session_from(&relay, "192.0.2.10", false, plain_only).await;
+    c.cmd("EHLO remote.test").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "530 5.7.0 Authentication required"
     );
     // The same remote client over an encrypted connection may.
     let (mut c, _t3) = session_from(&relay, "192.0.2.10", true, required).await;
@@ -1364,4 +1375,132 @@ async fn session_lifetime_is_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(c.closed().await);
+}
+
+/// Whether `program` is on the PATH; tests that need it say so when it is not.
+fn installed(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        eprintln!("SKIPPED: {program} not installed");
+    }
+    found
+}
+
+/// Runs a client program to completion (bounded by [`WAIT`] times three) without blocking
+/// the runtime the server runs on.
+async fn run_client(program: &str, args: &[String], stdin: &[u8]) -> std::process::Output {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn client");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    tokio::time::timeout(WAIT * 3, child.wait_with_output())
+        .await
+        .expect("client finished in time")
+        .expect("client output")
+}
+
+#[tokio::test]
+async fn swaks_starttls_and_auth_login() {
+    if !installed("swaks") {
+        return;
+    }
+    let cert = test_cert();
+    let mut relay = start_auth(
+        &format!("auth = \"required\"\n{}", tls_keys(cert)),
+        listener(TlsMode::Starttls, None),
+    )
+    .await;
+    let args: Vec<String> = [
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &relay.addr.port().to_string(),
+        "--helo",
+        "swaks.test",
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "app02",
+        "--auth-password",
+        "pw-two",
+        "--from",
+        "cron@app02.internal",
+        "--to",
+        "bob@example.org",
+        "--header",
+        "Subject: from swaks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_client("swaks", &args, b"").await;
+    assert!(
+        out.status.success(),
+        "swaks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = relay.envelope().await;
+    assert_eq!(env.tenant, "contoso");
+    assert_eq!(env.mail_from, "cron@app02.internal");
+    let message = relay.spool.read_message(&env.id).await.expect("message");
+    let text = String::from_utf8_lossy(&message);
+    assert!(text.contains(" with ESMTPSA id "), "{text}");
+    assert!(text.contains("Subject: from swaks"), "{text}");
+}
+
+#[tokio::test]
+async fn msmtp_implicit_tls_and_auth_plain() {
+    if !installed("msmtp") {
+        return;
+    }
+    let cert = test_cert();
+    let mut relay = start_auth(
+        &format!("auth = \"required\"\n{}", tls_keys(cert)),
+        listener(TlsMode::Implicit, None),
+    )
+    .await;
+    let args: Vec<String> = [
+        "--host=127.0.0.1".to_string(),
+        format!("--port={}", relay.addr.port()),
+        "--domain=msmtp.test".into(),
+        "--tls=on".into(),
+        "--tls-starttls=off".into(),
+        format!("--tls-trust-file={}", cert.cert.display()),
+        "--tls-host-override=localhost".into(),
+        "--auth=plain".into(),
+        "--user=app01".into(),
+        "--passwordeval=echo pw-one".into(),
+        "--from=alice@contoso.com".into(),
+        "bob@example.org".into(),
+    ]
+    .to_vec();
+    let out = run_client(
+        "msmtp",
+        &args,
+        b"Subject: from msmtp\n\n.leading dot\nbody\n",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "msmtp failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = relay.envelope().await;
+    // app01's tenant, not the sender's.
+    assert_eq!(env.tenant, "fabrikam");
+    let message = relay.spool.read_message(&env.id).await.expect("message");
+    let text = String::from_utf8_lossy(&message);
+    assert!(text.contains(" with ESMTPSA id "), "{text}");
+    assert!(text.contains("\n.leading dot\r\nbody"), "{text:?}");
 }
