@@ -4,7 +4,7 @@
 //! picks its tenant, [`queue`] makes it durable and schedules delivery, [`rewrite`] turns it
 //! into something Exchange Online will take from our mailbox, and [`outbound`] delivers it
 //! with a token from [`oauth`]. [`server`] wires them together; [`cli`] holds the one-shot
-//! commands and [`sendmail`] the `/usr/sbin/sendmail` entry point.
+//! commands.
 
 pub mod cli;
 pub mod config;

@@ -1,4 +1,4 @@
-//! `authrelay sendmail`: the `/usr/sbin/sendmail` interface that cron, PHP's `mail()`,
+//! `authrelay sendmail`, one of the one-shot commands: the `/usr/sbin/sendmail` interface that cron, PHP's `mail()`,
 //! logwatch, mdadm, smartd and many scripts call to send mail.
 //!
 //! It reads a message on standard input and hands it to the local listener over SMTP
