@@ -77,7 +77,8 @@ async fn start_listener(
     options: ListenerOptions,
 ) -> Relay {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = Settings::new(config(dir.path(), smtp, tenants));
+    let smtp = smtp.replace(TLS_KEYS, &test_cert().install(dir.path(), "relay"));
+    let settings = Settings::new(config(dir.path(), &smtp, tenants));
     let spool = Spool::open(dir.path(), min_free_space).expect("spool");
     let (settings_tx, settings_rx) = watch::channel(settings);
     let (accepted_tx, accepted) = mpsc::unbounded_channel();
@@ -782,7 +783,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::config::{AuthMode, TlsMode};
@@ -823,45 +824,49 @@ fn listener(tls: TlsMode, auth: Option<AuthMode>) -> ListenerOptions {
     }
 }
 
+/// A self-signed certificate for `localhost`, as PEM and DER.
 struct TestCert {
-    cert: PathBuf,
-    key: PathBuf,
+    cert_pem: String,
+    key_pem: String,
     der: CertificateDer<'static>,
 }
 
-/// A self-signed certificate for `localhost`, written as PEM into `dir`.
-fn make_cert(dir: &Path, name: &str) -> TestCert {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
-    TestCert {
-        cert: cert_path,
-        key: key_path,
-        der: cert.der().clone(),
+impl TestCert {
+    fn new() -> TestCert {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: signing_key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Writes `NAME.crt` and `NAME.key` into `dir`; returns the `[smtp]` keys naming them.
+    fn install(&self, dir: &Path, name: &str) -> String {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &self.cert_pem).expect("write cert");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        format!(
+            "tls_certificate_file = {:?}\ntls_key_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
     }
 }
 
-/// One certificate for the whole test run, in a directory that outlives the tests.
+/// One certificate for the whole test run (generating one takes a moment).
 fn test_cert() -> &'static TestCert {
     static CERT: OnceLock<TestCert> = OnceLock::new();
-    CERT.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        make_cert(&dir, "relay")
-    })
+    CERT.get_or_init(TestCert::new)
 }
 
-fn tls_keys(cert: &TestCert) -> String {
-    format!(
-        "tls_certificate_file = {:?}\ntls_key_file = {:?}\n",
-        cert.cert.display().to_string(),
-        cert.key.display().to_string()
-    )
-}
+/// In `[smtp]` text given to [`start_listener`]: replaced by the keys naming
+/// [`test_cert`], written into the relay's directory as `relay.crt` and `relay.key`.
+const TLS_KEYS: &str = "#tls-keys#\n";
 
 /// A TLS client handshake over `stream`, trusting only `trust`.
 async fn tls_connect(stream: BoxStream, trust: &CertificateDer<'static>) -> BoxStream {
@@ -1162,7 +1167,7 @@ async fn listener_auth_and_tenant_override_the_defaults() {
 async fn starttls_upgrades_and_resets_the_session() {
     let cert = test_cert();
     let mut relay = start_auth(
-        &format!("auth = \"required\"\n{}", tls_keys(cert)),
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
         listener(TlsMode::Starttls, None),
     )
     .await;
@@ -1212,7 +1217,7 @@ async fn starttls_upgrades_and_resets_the_session() {
 async fn commands_pipelined_after_starttls_are_discarded() {
     let cert = test_cert();
     let relay = start_listener(
-        &format!("{SMALL}{}", tls_keys(cert)),
+        &format!("{SMALL}{TLS_KEYS}"),
         ROUTED,
         0,
         listener(TlsMode::Starttls, None),
@@ -1253,7 +1258,7 @@ async fn starttls_is_refused_where_not_configured() {
 async fn implicit_tls_listener() {
     let cert = test_cert();
     let mut relay = start_listener(
-        &format!("{SMALL}{}", tls_keys(cert)),
+        &format!("{SMALL}{TLS_KEYS}"),
         ROUTED,
         0,
         listener(TlsMode::Implicit, None),
@@ -1291,7 +1296,7 @@ async fn implicit_tls_listener() {
 async fn reloaded_certificate_applies_to_new_sessions() {
     let old = test_cert();
     let relay = start_listener(
-        &format!("{SMALL}{}", tls_keys(old)),
+        &format!("{SMALL}{TLS_KEYS}"),
         ROUTED,
         0,
         listener(TlsMode::Implicit, None),
@@ -1301,8 +1306,8 @@ async fn reloaded_certificate_applies_to_new_sessions() {
     let mut c = Client::over(tls_connect(Box::new(tcp), &old.der).await);
     assert!(c.reply().await.starts_with("220 "));
 
-    let renewed = make_cert(relay.dir.path(), "renewed");
-    let text = format!("{SMALL}{}", tls_keys(&renewed));
+    let renewed = TestCert::new();
+    let text = format!("{SMALL}{}", renewed.install(relay.dir.path(), "renewed"));
     relay
         .settings
         .send_replace(Settings::new(config(relay.dir.path(), &text, ROUTED)));
@@ -1412,9 +1417,8 @@ async fn swaks_starttls_and_auth_login() {
     if !installed("swaks") {
         return;
     }
-    let cert = test_cert();
     let mut relay = start_auth(
-        &format!("auth = \"required\"\n{}", tls_keys(cert)),
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
         listener(TlsMode::Starttls, None),
     )
     .await;
@@ -1463,9 +1467,8 @@ async fn msmtp_implicit_tls_and_auth_plain() {
     if !installed("msmtp") {
         return;
     }
-    let cert = test_cert();
     let mut relay = start_auth(
-        &format!("auth = \"required\"\n{}", tls_keys(cert)),
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
         listener(TlsMode::Implicit, None),
     )
     .await;
@@ -1475,7 +1478,10 @@ async fn msmtp_implicit_tls_and_auth_plain() {
         "--domain=msmtp.test".into(),
         "--tls=on".into(),
         "--tls-starttls=off".into(),
-        format!("--tls-trust-file={}", cert.cert.display()),
+        format!(
+            "--tls-trust-file={}",
+            relay.dir.path().join("relay.crt").display()
+        ),
         "--tls-host-override=localhost".into(),
         "--auth=plain".into(),
         "--user=app01".into(),
