@@ -327,10 +327,9 @@ pub async fn send_test(config: &Config, tenant: &str, to: &str) -> Result<ExitCo
     let t = config
         .tenant(tenant)
         .ok_or_else(|| CliError::NoTenant(tenant.into()))?;
-    let addr = *config
+    let addr = config
         .smtp
-        .listen
-        .first()
+        .submission_address()
         .ok_or_else(|| CliError::NoTenant(tenant.into()))?;
     let now = format_time(SystemTime::now());
     let message = format!(
@@ -347,4 +346,81 @@ pub async fn send_test(config: &Config, tenant: &str, to: &str) -> Result<ExitCo
     .await?;
     println!("{reply}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `authrelay hash-password`: reads a password from standard input (without echo, and twice,
+/// on a terminal; else one line) and prints its Argon2id PHC string for
+/// `[[smtp.user]] password_hash`. The password itself is never printed.
+pub fn hash_password() -> ExitCode {
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("authrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match crate::inbound::hash_password(password.as_bytes()) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authrelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = prompt_hidden("Password: ")?;
+        let again = prompt_hidden("Repeat password: ")?;
+        if first != again {
+            return Err("the passwords do not match".into());
+        }
+        first
+    } else {
+        read_line()?
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(password)
+}
+
+/// One line from standard input, without its line end.
+fn read_line() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
+/// Prompts on stderr and reads a line from the terminal with echo off.
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    use std::io::Write;
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let fd = libc::STDIN_FILENO;
+    let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: tcgetattr fills the termios it is given when it returns 0.
+    let have_saved = unsafe { libc::tcgetattr(fd, saved.as_mut_ptr()) } == 0;
+    if have_saved {
+        // SAFETY: initialised by the successful tcgetattr above.
+        let mut quiet = unsafe { saved.assume_init() };
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: a valid termios for this terminal.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let line = read_line();
+    if have_saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, saved.as_ptr()) };
+    }
+    line
 }

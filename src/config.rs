@@ -70,6 +70,138 @@ pub struct SmtpConfig {
     pub data_timeout: Duration,
     /// Longest command line accepted (RFC 5321 says 512; some clients send more).
     pub max_line_length: usize,
+    /// SMTP AUTH on the listeners (each `[[smtp.listener]]` may override it).
+    pub auth: AuthMode,
+    /// The accounts SMTP AUTH checks, `[[smtp.user]]`.
+    #[serde(rename = "user")]
+    pub users: Vec<SmtpUser>,
+    /// Listeners with options, `[[smtp.listener]]`, besides the plain ones in `listen`.
+    #[serde(rename = "listener")]
+    pub listener: Vec<ListenerConfig>,
+    /// PEM certificate chain and key for STARTTLS and implicit TLS listeners; read again on
+    /// reload, so a renewed certificate applies to new sessions after SIGHUP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Concurrent sessions from one client address.
+    pub max_sessions_per_client: usize,
+    /// Messages (accepted MAIL commands) per minute from one client address; 0 = unlimited.
+    pub max_messages_per_client_per_minute: u32,
+    /// The longest a session may last, however busy it is: a cap on slow clients.
+    #[serde(with = "duration")]
+    pub max_session_duration: Duration,
+    /// Failed AUTH attempts from one client address allowed within `auth_failure_window`;
+    /// after that the address gets one more try per `auth_failure_window / max_auth_failures`.
+    pub max_auth_failures: u32,
+    #[serde(with = "duration")]
+    pub auth_failure_window: Duration,
+}
+
+/// Whether a listener offers SMTP AUTH, and whether it insists on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+/// TLS on a listener: none, STARTTLS on request (RFC 3207), or TLS from the first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    None,
+    Starttls,
+    Implicit,
+}
+
+/// One `[[smtp.user]]`: an account for SMTP AUTH.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpUser {
+    pub name: String,
+    /// Argon2 PHC string from `authrelay hash-password`.
+    pub password_hash: Secret,
+    /// The tenant this user's mail goes out through, whatever the sender.
+    pub tenant: String,
+    /// Envelope senders this user may use (`*` matches anything); none = any.
+    #[serde(default)]
+    pub senders: Vec<String>,
+}
+
+/// One `[[smtp.listener]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// Mail received here goes out through this tenant, whoever sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Overrides `smtp.auth` for this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+}
+
+/// What a bound listener passes to each of its sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerOptions {
+    pub tls: TlsMode,
+    /// None: `smtp.auth` in force.
+    pub auth: Option<AuthMode>,
+    pub tenant: Option<String>,
+}
+
+impl SmtpConfig {
+    /// Every listener to bind: the plain addresses of `listen`, then `[[smtp.listener]]`.
+    pub fn listeners(&self) -> Vec<(SocketAddr, ListenerOptions)> {
+        self.listen
+            .iter()
+            .map(|a| (*a, ListenerOptions::default()))
+            .chain(self.listener.iter().map(|l| {
+                (
+                    l.address,
+                    ListenerOptions {
+                        tls: l.tls,
+                        auth: l.auth,
+                        tenant: l.tenant.clone(),
+                    },
+                )
+            }))
+            .collect()
+    }
+
+    /// Where a local program (`sendmail`, `send-test`) hands in mail: the first listener that
+    /// takes plain SMTP without AUTH, loopback ones first. A wildcard address (0.0.0.0, ::)
+    /// is reached over loopback.
+    pub fn submission_address(&self) -> Option<SocketAddr> {
+        let usable = self.listeners().into_iter().filter(|(_, o)| {
+            o.tls != TlsMode::Implicit && o.auth.unwrap_or(self.auth) != AuthMode::Required
+        });
+        let mut best: Option<SocketAddr> = None;
+        for (addr, _) in usable {
+            let mut addr = addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            if addr.ip().to_canonical().is_loopback() {
+                return Some(addr);
+            }
+            best.get_or_insert(addr);
+        }
+        best
+    }
+
+    pub fn user(&self, name: &str) -> Option<&SmtpUser> {
+        self.users.iter().find(|u| u.name == name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,6 +468,16 @@ impl Default for Config {
                 command_timeout: Duration::from_secs(300),
                 data_timeout: Duration::from_secs(600),
                 max_line_length: 4096,
+                auth: AuthMode::Off,
+                users: Vec::new(),
+                listener: Vec::new(),
+                tls_certificate_file: None,
+                tls_key_file: None,
+                max_sessions_per_client: 20,
+                max_messages_per_client_per_minute: 0,
+                max_session_duration: Duration::from_secs(3600),
+                max_auth_failures: 5,
+                auth_failure_window: Duration::from_secs(300),
             },
             admin: AdminConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
@@ -372,34 +514,89 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
     }
 
-    /// Loads defaults < file < environment and validates the result.
+    /// Loads defaults < file < environment and validates the result. Beyond
+    /// [`Config::from_toml`], this checks what needs the file system: that a file holding
+    /// secrets is not readable by every user, and that the TLS certificate and key load.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             source: e,
         })?;
-        Self::from_toml(&text)
+        let config = Self::from_toml(&text)?;
+        let mode = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+            .map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+        check_exposure(&config, path, mode)?;
+        config.check_tls_files()?;
+        Ok(config)
     }
 
     /// Same as [`Config::load`] for config text already in memory.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let env = || {
+            Env::prefixed("AUTHRELAY_")
+                .ignore(&["config"])
+                .split("__")
+                .lowercase(true)
+        };
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
-            .merge(
-                Env::prefixed("AUTHRELAY_")
-                    .ignore(&["config"])
-                    .split("__")
-                    .lowercase(true),
-            )
+            .merge(env())
             .extract()
             .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        // The default `listen` is for configs that say nothing about listeners: once there is
+        // an `[[smtp.listener]]`, only an explicit `listen` adds plain listeners.
+        let listen_given = Figment::from(Toml::string(text))
+            .merge(env())
+            .contains("smtp.listen");
+        if !listen_given && !config.smtp.listener.is_empty() {
+            config.smtp.listen.clear();
+        }
         config.validate()?;
         Ok(config)
     }
 
+    /// Whether secrets are written in the config itself (rather than in files it names).
+    pub fn has_inline_secrets(&self) -> bool {
+        self.tenants.iter().any(|t| t.client_secret.is_some()) || !self.smtp.users.is_empty()
+    }
+
+    /// The certificate chain and key named in `[smtp]` parse as PEM (when set).
+    fn check_tls_files(&self) -> Result<(), ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        if let Some(path) = &self.smtp.tls_certificate_file {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    invalid(
+                        "smtp.tls_certificate_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(invalid(
+                    "smtp.tls_certificate_file",
+                    format!("{}: no PEM certificate in it", path.display()),
+                ));
+            }
+        }
+        if let Some(path) = &self.smtp.tls_key_file {
+            PrivateKeyDer::from_pem_file(path)
+                .map_err(|e| invalid("smtp.tls_key_file", format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.smtp.listen.is_empty() {
-            return Err(invalid("smtp.listen", "at least one address is required"));
+        if self.smtp.listeners().is_empty() {
+            return Err(invalid(
+                "smtp.listen",
+                "at least one address (or one [[smtp.listener]]) is required",
+            ));
         }
         if self.smtp.max_message_size < 1024 {
             return Err(invalid(
@@ -542,6 +739,97 @@ impl Config {
                 ),
             ));
         }
+        self.validate_access()
+    }
+
+    /// `[smtp]` access control: listeners, TLS, users, limits. Runs after the tenants are
+    /// known to be valid, so references to them can be checked.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        let smtp = &self.smtp;
+        if smtp.max_sessions == 0 {
+            return Err(invalid("smtp.max_sessions", "must be at least 1"));
+        }
+        if smtp.max_sessions_per_client == 0 {
+            return Err(invalid(
+                "smtp.max_sessions_per_client",
+                "must be at least 1",
+            ));
+        }
+        if smtp.max_session_duration.is_zero() {
+            return Err(invalid("smtp.max_session_duration", "must be above zero"));
+        }
+        if smtp.max_auth_failures > 0 && smtp.auth_failure_window.is_zero() {
+            return Err(invalid("smtp.auth_failure_window", "must be above zero"));
+        }
+        if smtp.tls_certificate_file.is_some() != smtp.tls_key_file.is_some() {
+            return Err(invalid(
+                "smtp.tls_key_file",
+                "tls_certificate_file and tls_key_file go together",
+            ));
+        }
+        let mut addresses = HashSet::new();
+        for (addr, options) in smtp.listeners() {
+            let key = |k: &str| format!("smtp.listener[{addr}].{k}");
+            if !addresses.insert(addr) {
+                return Err(invalid(
+                    key("address"),
+                    "is bound twice (in smtp.listen and [[smtp.listener]], or two listeners)",
+                ));
+            }
+            if options.tls != TlsMode::None && smtp.tls_certificate_file.is_none() {
+                return Err(invalid(
+                    key("tls"),
+                    "a TLS listener needs smtp.tls_certificate_file and smtp.tls_key_file",
+                ));
+            }
+            if let Some(t) = &options.tenant
+                && self.tenant(t).is_none()
+            {
+                return Err(invalid(key("tenant"), format!("no tenant named '{t}'")));
+            }
+            if options.auth.unwrap_or(smtp.auth) != AuthMode::Off && smtp.users.is_empty() {
+                return Err(invalid(
+                    "smtp.user",
+                    format!("AUTH is enabled on {addr} but no [[smtp.user]] is configured"),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for u in &smtp.users {
+            let key = |k: &str| format!("smtp.user[{}].{k}", u.name);
+            if u.name.is_empty()
+                || u.name.len() > 255
+                || u.name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    key("name"),
+                    "must be 1 to 255 characters without spaces or control characters",
+                ));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(invalid(key("name"), "is used by two users"));
+            }
+            check_password_hash(u.password_hash.expose()).map_err(|e| {
+                invalid(
+                    key("password_hash"),
+                    format!("{e}; make one with `authrelay hash-password`"),
+                )
+            })?;
+            if self.tenant(&u.tenant).is_none() {
+                return Err(invalid(
+                    key("tenant"),
+                    format!("no tenant named '{}'", u.tenant),
+                ));
+            }
+            for p in &u.senders {
+                if p.is_empty() || p.chars().any(char::is_whitespace) {
+                    return Err(invalid(
+                        key("senders"),
+                        format!("'{p}' is not a sender pattern"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -553,6 +841,36 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml_string(self)
     }
+}
+
+/// An Argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`) we can verify with.
+fn check_password_hash(phc: &str) -> Result<(), String> {
+    use argon2::password_hash::phc::PasswordHash;
+    let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC string: {e}"))?;
+    argon2::Algorithm::try_from(hash.algorithm.as_str())
+        .map_err(|_| format!("'{}' is not an Argon2 algorithm", hash.algorithm))?;
+    argon2::Params::try_from(&hash).map_err(|e| format!("bad Argon2 parameters: {e}"))?;
+    if hash.hash.is_none() {
+        return Err("the hash part is missing".into());
+    }
+    Ok(())
+}
+
+/// Refuses a config that holds secrets and that every local user can read.
+fn check_exposure(config: &Config, path: &Path, mode: u32) -> Result<(), ConfigError> {
+    if mode & 0o004 == 0 || !config.has_inline_secrets() {
+        return Ok(());
+    }
+    let p = path.display();
+    Err(invalid(
+        p.to_string(),
+        format!(
+            "is readable by every user (mode {:o}) but holds secrets (client_secret or \
+             [[smtp.user]] password_hash); restrict it: `chown root:authrelay {p} && chmod 640 {p}` \
+             (or `chmod 600 {p}`), or move client secrets to client_secret_file / systemd credentials",
+            mode & 0o7777
+        ),
+    ))
 }
 
 fn toml_string(config: &Config) -> String {
@@ -849,6 +1167,192 @@ mailbox = "relay@contoso.com"
         assert!(out.contains("[[tenant]]"), "{out}");
         assert!(out.contains("[smtp]"), "{out}");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    fn hash() -> String {
+        crate::inbound::cheap_hash_for_tests("pw")
+    }
+
+    #[test]
+    fn access_keys_parse() {
+        let text = format!(
+            r#"{MINIMAL}
+[smtp]
+auth = "optional"
+tls_certificate_file = "/etc/authrelay/tls.crt"
+tls_key_file = "/etc/authrelay/tls.key"
+max_sessions_per_client = 5
+max_messages_per_client_per_minute = 60
+max_session_duration = "30m"
+
+[[smtp.listener]]
+address = "0.0.0.0:587"
+tls = "starttls"
+auth = "required"
+
+[[smtp.listener]]
+address = "127.0.0.1:2526"
+tenant = "contoso"
+
+[[smtp.user]]
+name = "app01"
+password_hash = "{}"
+tenant = "contoso"
+senders = ["*@app01.internal"]
+"#,
+            hash()
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        // With [[smtp.listener]] and no explicit listen, the default listen is not added.
+        assert!(c.smtp.listen.is_empty());
+        let l = c.smtp.listeners();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].0, "0.0.0.0:587".parse().expect("addr"));
+        assert_eq!(l[0].1.tls, TlsMode::Starttls);
+        assert_eq!(l[0].1.auth, Some(AuthMode::Required));
+        assert_eq!(l[1].1.tenant.as_deref(), Some("contoso"));
+        assert_eq!(l[1].1.auth, None);
+        assert_eq!(c.smtp.auth, AuthMode::Optional);
+        assert_eq!(c.smtp.max_sessions_per_client, 5);
+        assert_eq!(c.smtp.max_session_duration, Duration::from_secs(1800));
+        assert_eq!(c.smtp.user("app01").expect("user").senders.len(), 1);
+        // The AUTH-required listener cannot take sendmail's plain submission.
+        assert_eq!(
+            c.smtp.submission_address(),
+            Some("127.0.0.1:2526".parse().expect("addr"))
+        );
+        let out = c.to_redacted_toml();
+        assert!(out.contains("[[smtp.user]]"), "{out}");
+        assert!(out.contains("password_hash = \"<redacted>\""), "{out}");
+        assert!(!out.contains("argon2"), "{out}");
+        assert!(!format!("{c:?}").contains("argon2"));
+
+        // An explicit listen is kept next to the listeners; a wildcard is reached on loopback.
+        let text = text.replace("[smtp]\n", "[smtp]\nlisten = [\"0.0.0.0:2525\"]\n");
+        let c = Config::from_toml(&text).expect("valid");
+        assert_eq!(c.smtp.listeners().len(), 3);
+        assert_eq!(
+            c.smtp.submission_address(),
+            Some("127.0.0.1:2525".parse().expect("addr"))
+        );
+        // Defaults.
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(c.smtp.auth, AuthMode::Off);
+        assert_eq!(c.smtp.max_sessions_per_client, 20);
+        assert_eq!(c.smtp.max_messages_per_client_per_minute, 0);
+        assert_eq!(c.smtp.max_auth_failures, 5);
+        assert_eq!(c.smtp.listeners().len(), 1);
+    }
+
+    #[test]
+    fn access_errors_name_the_key() {
+        let user = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[smtp.user]]\nname = \"app01\"\npassword_hash = \"{}\"\ntenant = \"contoso\"\n{extra}",
+                hash()
+            )
+        };
+        let e = err(&format!(
+            "{MINIMAL}\n[[smtp.listener]]\naddress = \"127.0.0.1:465\"\ntls = \"implicit\"\n"
+        ));
+        assert!(e.starts_with("smtp.listener[127.0.0.1:465].tls:"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[[smtp.listener]]\naddress = \"127.0.0.1:2526\"\ntenant = \"nope\"\n"
+        ));
+        assert!(
+            e.starts_with("smtp.listener[127.0.0.1:2526].tenant:"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\n[[smtp.listener]]\naddress = \"127.0.0.1:2525\"\n"
+        ));
+        assert!(
+            e.starts_with("smtp.listener[127.0.0.1:2525].address:"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}\n[smtp]\nauth = \"required\"\n"));
+        assert!(e.starts_with("smtp.user:"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[smtp]\nauth = \"sometimes\"\n"));
+        assert!(e.contains("smtp.auth"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[smtp]\ntls_certificate_file = \"/x.crt\"\n"
+        ));
+        assert!(e.starts_with("smtp.tls_key_file:"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}\n[[smtp.user]]\nname = \"app01\"\npassword_hash = \"plaintext\"\ntenant = \"contoso\"\n"
+        ));
+        assert!(e.starts_with("smtp.user[app01].password_hash:"), "{e}");
+        assert!(e.contains("hash-password"), "{e}");
+        assert!(!e.contains("plaintext"), "{e}");
+        let e = err(&user("").replace("tenant = \"contoso\"\n", "tenant = \"other\"\n"));
+        assert!(e.starts_with("smtp.user[app01].tenant:"), "{e}");
+        let e = err(&user("senders = [\"a b\"]\n"));
+        assert!(e.starts_with("smtp.user[app01].senders:"), "{e}");
+        let e = err(&format!("{}{}", user(""), user("").replace(MINIMAL, "")));
+        assert!(e.starts_with("smtp.user[app01].name:"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[smtp]\nmax_sessions_per_client = 0\n"));
+        assert!(e.starts_with("smtp.max_sessions_per_client:"), "{e}");
+        assert!(Config::from_toml(&user("")).is_ok());
+    }
+
+    fn write_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn world_readable_config_with_secrets_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_mode(dir.path(), "a.toml", MINIMAL, 0o644);
+        let e = Config::load(&path).expect_err("exposed").to_string();
+        assert!(e.contains("readable by every user"), "{e}");
+        assert!(e.contains("chmod 640") && e.contains("chmod 600"), "{e}");
+        assert!(e.contains("root:authrelay"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        for ok in [0o640, 0o600, 0o660] {
+            let path = write_mode(dir.path(), "a.toml", MINIMAL, ok);
+            Config::load(&path).unwrap_or_else(|e| panic!("mode {ok:o}: {e}"));
+        }
+        // Secrets kept in files: the config itself may be world-readable.
+        let from_file = MINIMAL.replace(
+            "client_secret = \"s3cret\"",
+            "client_secret_file = \"/run/credentials/authrelay.service/contoso\"",
+        );
+        let path = write_mode(dir.path(), "b.toml", &from_file, 0o644);
+        Config::load(&path).expect("no inline secrets");
+        // A password hash counts as a secret.
+        let with_user = format!(
+            "{from_file}\n[[smtp.user]]\nname = \"u\"\npassword_hash = \"{}\"\ntenant = \"contoso\"\n",
+            hash()
+        );
+        let path = write_mode(dir.path(), "c.toml", &with_user, 0o644);
+        assert!(Config::load(&path).is_err());
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{MINIMAL}\n[smtp]\ntls_certificate_file = \"{0}/none.crt\"\ntls_key_file = \"{0}/none.key\"\n",
+            dir.path().display()
+        );
+        let path = write_mode(dir.path(), "a.toml", &text, 0o600);
+        let e = Config::load(&path).expect_err("missing files").to_string();
+        assert!(e.starts_with("smtp.tls_certificate_file:"), "{e}");
+    }
+
+    #[test]
+    fn example_config_loads_once_protected() {
+        let example = include_str!("../config/authrelay.example.toml");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_mode(dir.path(), "authrelay.toml", example, 0o644);
+        let e = Config::load(&path).expect_err("placeholder secret, world-readable");
+        assert!(e.to_string().contains("chmod"), "{e}");
+        let path = write_mode(dir.path(), "authrelay.toml", example, 0o640);
+        Config::load(&path).expect("the example is valid");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod queue;
 pub mod rewrite;
 pub mod routing;
+pub mod sendmail;
 pub mod server;
 pub mod shutdown;
 pub mod submit;

@@ -53,6 +53,15 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Hash a password for [[smtp.user]] password_hash (reads it from stdin)
+    HashPassword,
+    /// sendmail-compatible submission: the message on stdin, recipients as arguments or -t
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail flags (-t -i -f ADDR -F NAME ...) and recipients
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +81,20 @@ enum QueueAction {
 }
 
 fn main() -> ExitCode {
+    // As /usr/sbin/sendmail (a symlink), or `authrelay sendmail`: sendmail's flags are not
+    // clap-shaped (-t, -oi, -fADDR, -FNAME), so they are handled before clap sees them.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str());
+    if called_as == Some("sendmail") {
+        return authrelay::sendmail::main(args[1..].to_vec(), None);
+    }
+    if args.get(1).and_then(|a| a.to_str()) == Some("sendmail") {
+        return authrelay::sendmail::main(args[2..].to_vec(), None);
+    }
+
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -83,6 +106,14 @@ fn main() -> ExitCode {
             };
         }
     };
+    // The commands that need no config.
+    match cli.command {
+        Command::HashPassword => return authrelay::cli::hash_password(),
+        Command::Sendmail { args } => {
+            return authrelay::sendmail::main(args, cli.config.as_deref());
+        }
+        _ => {}
+    }
     let path = Config::resolve_path(cli.config.as_deref());
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -138,6 +169,7 @@ fn main() -> ExitCode {
         }
         Command::SendTest { tenant, to } => runtime()
             .and_then(|rt| Ok(rt.block_on(authrelay::cli::send_test(&config, &tenant, &to))?)),
+        Command::HashPassword | Command::Sendmail { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,

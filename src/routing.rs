@@ -74,6 +74,12 @@ impl Router {
     }
 }
 
+/// Whether an address matches a `senders` pattern (`*` matches any run of characters),
+/// ignoring ASCII case.
+pub fn matches_pattern(pattern: &str, address: &str) -> bool {
+    glob(&pattern.to_ascii_lowercase(), &address.to_ascii_lowercase())
+}
+
 /// `*` matches any run of characters (including none); everything else matches itself.
 fn glob(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());

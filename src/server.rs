@@ -70,14 +70,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
     let scheduler = Arc::new(Scheduler::new(metrics.clone()));
 
     let mut listeners = Vec::new();
-    for addr in &config.smtp.listen {
+    for (addr, options) in config.smtp.listeners() {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
                 addr: addr.to_string(),
                 source,
             })?;
-        listeners.push(l);
+        listeners.push((l, options));
     }
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(
@@ -144,14 +144,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         accepted: accepted_tx,
         metrics: metrics.clone(),
         sessions: inbound::SessionCount::default(),
+        limits: inbound::ClientLimits::default(),
+        tls: inbound::TlsCache::default(),
     });
     let mut smtp_tasks = Vec::new();
-    for l in listeners {
+    for (l, options) in listeners {
         if let Ok(addr) = l.local_addr() {
-            tracing::info!(%addr, "listening for SMTP");
+            tracing::info!(%addr, tls = ?options.tls, "listening for SMTP");
         }
         smtp_tasks.push(tokio::spawn(inbound::serve(
             l,
+            options,
             ctx.clone(),
             shutdown.clone(),
             DRAIN,
@@ -210,8 +213,8 @@ async fn wait_for_signals(
                 match reload(config_path) {
                     Ok(new) => {
                         let old = settings.borrow().config.clone();
-                        if new.state_dir != old.state_dir || new.smtp.listen != old.smtp.listen {
-                            tracing::warn!("state_dir and smtp.listen changes need a restart; other changes apply now");
+                        if new.state_dir != old.state_dir || new.smtp.listeners() != old.smtp.listeners() {
+                            tracing::warn!("state_dir, smtp.listen and [[smtp.listener]] changes need a restart; other changes apply now");
                         }
                         settings.send_replace(Settings::new(new));
                         tokens.wake();

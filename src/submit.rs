@@ -24,6 +24,20 @@ pub enum SubmitError {
     Refused { command: String, reply: String },
 }
 
+impl SubmitError {
+    /// The SMTP reply code when the relay refused, so callers can tell "try again later"
+    /// (4xx) from "never" (5xx).
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            SubmitError::Refused { reply, .. } => reply.get(..3).and_then(|c| c.parse().ok()),
+            _ => None,
+        }
+    }
+}
+
+/// How long to wait for the relay to take the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Client {
     stream: BufReader<TcpStream>,
 }
@@ -74,8 +88,9 @@ pub async fn submit(
     recipients: &[String],
     message: &[u8],
 ) -> Result<String, SubmitError> {
-    let stream = TcpStream::connect(addr)
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
+        .map_err(|_| SubmitError::Timeout)?
         .map_err(|source| SubmitError::Connect { addr, source })?;
     let mut c = Client {
         stream: BufReader::new(stream),

@@ -17,6 +17,12 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 
 use super::reply::Reply;
 
+/// A connection's byte stream, plain TCP or TLS: boxed, so that STARTTLS can swap one for
+/// the other under a running session.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub(super) type BoxStream = Box<dyn Stream>;
+
 /// Read buffer capacity: also the largest chunk DATA content is handled in.
 const READ_BUFFER: usize = 16 * 1024;
 
@@ -31,19 +37,18 @@ pub(super) enum Line {
     Eof,
 }
 
-pub(super) struct Conn<R, W> {
-    reader: BufReader<R>,
-    writer: W,
+pub(super) struct Conn<S> {
+    /// Reads are buffered; writes go straight through to the stream.
+    stream: BufReader<S>,
     out: Vec<u8>,
     /// Bound on each flush: a client that stops reading its replies cannot pin the session.
     write_timeout: Duration,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
-    pub fn new(reader: R, writer: W, write_timeout: Duration) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S, write_timeout: Duration) -> Self {
         Conn {
-            reader: BufReader::with_capacity(READ_BUFFER, reader),
-            writer,
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
             out: Vec::with_capacity(1024),
             write_timeout,
         }
@@ -60,8 +65,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             return Ok(());
         }
         let written = tokio::time::timeout(self.write_timeout, async {
-            self.writer.write_all(&self.out).await?;
-            self.writer.flush().await
+            let writer = self.stream.get_mut();
+            writer.write_all(&self.out).await?;
+            writer.flush().await
         })
         .await;
         self.out.clear();
@@ -76,7 +82,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
     /// Flushes only if reading next would have to wait for the client.
     pub async fn flush_if_idle(&mut self) -> io::Result<()> {
-        if self.reader.buffer().is_empty() {
+        if self.stream.buffer().is_empty() {
             self.flush().await?;
         }
         Ok(())
@@ -92,7 +98,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let mut too_long = false;
         loop {
             self.flush_if_idle().await?;
-            let buf = self.reader.fill_buf().await?;
+            let buf = self.stream.fill_buf().await?;
             if buf.is_empty() {
                 line.clear();
                 return Ok(Line::Eof);
@@ -110,7 +116,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                     line.extend_from_slice(chunk);
                 }
             }
-            self.reader.consume(used);
+            self.stream.consume(used);
             if done {
                 return Ok(if too_long {
                     Line::TooLong
@@ -125,18 +131,41 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     /// client closed the connection. Pair with [`Conn::consume`].
     pub async fn fill(&mut self) -> io::Result<&[u8]> {
         self.flush_if_idle().await?;
-        self.reader.fill_buf().await
+        self.stream.fill_buf().await
     }
 
     pub fn consume(&mut self, n: usize) {
-        self.reader.consume(n);
+        self.stream.consume(n);
     }
 
     /// Sends what is queued and closes our side, so the client sees the last reply and then
     /// end of file. Errors no longer matter at this point.
     pub async fn close(&mut self) {
         let _ = self.flush().await;
-        let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
+        let _ = tokio::time::timeout(self.write_timeout, self.stream.get_mut().shutdown()).await;
+    }
+}
+
+impl Conn<BoxStream> {
+    /// Takes the stream out for a TLS handshake (STARTTLS), after the queued replies have
+    /// been sent. Whatever the client sent after its command and is still unread is thrown
+    /// away, never read as if it had come over TLS (RFC 3207 section 6, CVE-2011-0411); the
+    /// number of bytes dropped is returned. Until [`Conn::put_stream`] the connection reads
+    /// end of file and swallows writes.
+    pub async fn take_stream(&mut self) -> io::Result<(BoxStream, usize)> {
+        self.flush().await?;
+        let placeholder: BoxStream =
+            Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
+        let old = std::mem::replace(
+            &mut self.stream,
+            BufReader::with_capacity(READ_BUFFER, placeholder),
+        );
+        let discarded = old.buffer().len();
+        Ok((old.into_inner(), discarded))
+    }
+
+    pub fn put_stream(&mut self, stream: BoxStream) {
+        self.stream = BufReader::with_capacity(READ_BUFFER, stream);
     }
 }
 
@@ -145,7 +174,10 @@ mod tests {
     use super::*;
 
     async fn lines(input: &[u8], max: usize) -> Vec<(Line, Vec<u8>)> {
-        let mut conn = Conn::new(input, tokio::io::sink(), Duration::from_secs(1));
+        let mut conn = Conn::new(
+            tokio::io::join(input, tokio::io::sink()),
+            Duration::from_secs(1),
+        );
         let mut out = Vec::new();
         let mut line = Vec::new();
         loop {

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::conn::Conn;
 use crate::queue::{Incoming, SpoolError};
@@ -137,26 +138,28 @@ enum Sink {
 }
 
 /// Reads the content up to and including the terminator into `incoming`, allowing at most
-/// `max_size` bytes of content and waiting at most `timeout` for each chunk. After an
+/// `max_size` bytes of content and waiting at most `timeout` for each chunk, and never
+/// beyond `deadline` (the end of the session's allowed lifetime). After an
 /// oversize or a spool error it keeps reading to the terminator, so the session stays in step
 /// with the client and can report the failure and go on. Dropping the `Incoming` on any
 /// failure removes its file.
-pub(super) async fn receive<R, W>(
-    conn: &mut Conn<R, W>,
+pub(super) async fn receive<S>(
+    conn: &mut Conn<S>,
     incoming: Incoming,
     max_size: u64,
     timeout: Duration,
+    deadline: Instant,
 ) -> Result<Outcome, Abort>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut unstuffer = Unstuffer::default();
     let mut body = Vec::new();
     let mut size: u64 = 0;
     let mut sink = Sink::Spool(incoming);
     loop {
-        let chunk = match tokio::time::timeout(timeout, conn.fill()).await {
+        let until = (Instant::now() + timeout).min(deadline);
+        let chunk = match tokio::time::timeout_at(until, conn.fill()).await {
             Err(_) => return Err(Abort::Timeout),
             Ok(Err(e)) => return Err(Abort::Closed(Some(e))),
             Ok(Ok(chunk)) => chunk,
@@ -190,11 +193,23 @@ where
     }
 }
 
+/// The `with` protocol of the trace header (RFC 3848): ESMTP plus S for TLS and A for an
+/// authenticated client.
+pub(super) fn protocol(extended: bool, tls: bool, authenticated: bool) -> &'static str {
+    match (extended, tls, authenticated) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    }
+}
+
 /// The `Received:` trace header we put on top of each message (RFC 5321 4.4): who handed it
 /// to us, under what name, and the queue id that ties the message to our logs.
 pub(super) fn trace_header(
     helo: &str,
-    extended: bool,
+    with: &str,
     peer: IpAddr,
     hostname: &str,
     queue_id: &str,
@@ -217,7 +232,6 @@ pub(super) fn trace_header(
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("IPv6:{a}"),
     };
-    let with = if extended { "ESMTP" } else { "SMTP" };
     let date = date
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into());
@@ -301,7 +315,7 @@ mod tests {
         let date = time::macros::datetime!(2026-06-30 12:34:56 UTC);
         let h = trace_header(
             "app01(x);\r\n",
-            true,
+            "ESMTP",
             "::ffff:127.0.0.1".parse().expect("ip"),
             "relay.test",
             "ABC123",
@@ -311,8 +325,12 @@ mod tests {
             h,
             "Received: from app01?x???? ([127.0.0.1])\r\n\tby relay.test (authrelay) with ESMTP id ABC123;\r\n\tTue, 30 Jun 2026 12:34:56 +0000\r\n"
         );
-        let h = trace_header("h", false, "::1".parse().expect("ip"), "r", "I", date);
+        let h = trace_header("h", "SMTP", "::1".parse().expect("ip"), "r", "I", date);
         assert!(h.starts_with("Received: from h ([IPv6:::1])"), "{h}");
         assert!(h.contains(" with SMTP id I;"), "{h}");
+        assert_eq!(protocol(true, true, true), "ESMTPSA");
+        assert_eq!(protocol(true, false, true), "ESMTPA");
+        assert_eq!(protocol(true, true, false), "ESMTPS");
+        assert_eq!(protocol(false, true, true), "SMTP");
     }
 }

@@ -4,9 +4,10 @@
 //! are answered with one non-blocking write of the reply, then the socket is closed: a flood
 //! of refused connections costs no task and can never stall the loop.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -16,47 +17,96 @@ use tokio::task::JoinSet;
 use super::Context;
 use super::reply::{self, Reply};
 use super::session;
+use crate::config::ListenerOptions;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// The number of open SMTP sessions over every listener, so that `smtp.max_sessions` is one
-/// limit for the whole daemon. A counter rather than a semaphore because the limit is read
-/// from the settings in force at each connection, so a reload that changes it applies at
-/// once. Clones share the count.
+/// limit for the whole daemon, and per client address for `smtp.max_sessions_per_client`.
+/// Counters rather than semaphores because the limits are read from the settings in force at
+/// each connection, so a reload that changes them applies at once. Clones share the counts.
 #[derive(Debug, Clone, Default)]
-pub struct SessionCount(Arc<AtomicUsize>);
+pub struct SessionCount {
+    total: Arc<AtomicUsize>,
+    /// Open sessions per client address; an address leaves the map with its last session, so
+    /// the map never holds more than `smtp.max_sessions` entries.
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Why a connection got no session.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Full {
+    Total,
+    Client,
+}
 
 impl SessionCount {
     /// Sessions open right now.
     pub fn active(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.total.load(Ordering::SeqCst)
     }
 
-    /// Counts a new session if fewer than `max` are open.
-    fn try_open(&self, max: usize, metrics: &Arc<Metrics>) -> Option<SessionGuard> {
-        self.0
+    /// Sessions open right now from `ip`.
+    pub fn active_from(&self, ip: IpAddr) -> usize {
+        self.clients().get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a new session from `ip` if fewer than `max` are open in all and fewer than
+    /// `max_per_client` from that address.
+    pub(super) fn try_open(
+        &self,
+        max: usize,
+        max_per_client: usize,
+        ip: IpAddr,
+        metrics: &Arc<Metrics>,
+    ) -> Result<SessionGuard, Full> {
+        let ip = ip.to_canonical();
+        let mut clients = self.clients();
+        if clients.get(&ip).copied().unwrap_or(0) >= max_per_client {
+            return Err(Full::Client);
+        }
+        self.total
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()?;
+            .map_err(|_| Full::Total)?;
+        *clients.entry(ip).or_insert(0) += 1;
+        drop(clients);
         metrics.smtp_sessions_active.inc();
-        Some(SessionGuard {
-            count: self.0.clone(),
+        Ok(SessionGuard {
+            count: self.clone(),
+            ip,
             metrics: metrics.clone(),
         })
     }
 }
 
-/// One open session in the count and in `smtp_sessions_active`; dropping it (however the
-/// session ends, a panic included) takes it out of both, so neither can leak.
+/// One open session in the counts and in `smtp_sessions_active`; dropping it (however the
+/// session ends, a panic included) takes it out of all of them, so none can leak.
 pub(super) struct SessionGuard {
-    count: Arc<AtomicUsize>,
+    count: SessionCount,
+    ip: IpAddr,
     metrics: Arc<Metrics>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut clients = self.count.clients();
+            if let Some(n) = clients.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    clients.remove(&self.ip);
+                }
+            }
+        }
+        self.count.total.fetch_sub(1, Ordering::SeqCst);
         self.metrics.smtp_sessions_active.dec();
     }
 }
@@ -76,11 +126,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// See [`crate::inbound::serve`].
 pub(super) async fn serve(
     listener: TcpListener,
+    options: ListenerOptions,
     ctx: Arc<Context>,
     mut shutdown: Shutdown,
     drain: Duration,
 ) {
     let local = listener.local_addr().ok();
+    let options = Arc::new(options);
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -93,6 +145,7 @@ pub(super) async fn serve(
                         sessions.spawn(session::run(
                             stream,
                             peer.ip().to_canonical(),
+                            options.clone(),
                             ctx.clone(),
                             shutdown.clone(),
                             guard,
@@ -146,14 +199,32 @@ fn admit(stream: &TcpStream, ip: IpAddr, ctx: &Context) -> Option<SessionGuard> 
         );
         return None;
     }
-    let Some(guard) = ctx.sessions.try_open(smtp.max_sessions, &ctx.metrics) else {
-        tracing::warn!(
-            client = %ip.to_canonical(),
-            max_sessions = smtp.max_sessions,
-            "connection refused: too many SMTP sessions"
-        );
-        refuse(stream, &reply::TOO_MANY_CONNECTIONS);
-        return None;
+    let opened = ctx.sessions.try_open(
+        smtp.max_sessions,
+        smtp.max_sessions_per_client,
+        ip,
+        &ctx.metrics,
+    );
+    let guard = match opened {
+        Ok(guard) => guard,
+        Err(Full::Total) => {
+            tracing::warn!(
+                client = %ip.to_canonical(),
+                max_sessions = smtp.max_sessions,
+                "connection refused: too many SMTP sessions"
+            );
+            refuse(stream, &reply::TOO_MANY_CONNECTIONS);
+            return None;
+        }
+        Err(Full::Client) => {
+            tracing::warn!(
+                client = %ip.to_canonical(),
+                max_sessions_per_client = smtp.max_sessions_per_client,
+                "connection refused: too many SMTP sessions from this client"
+            );
+            refuse(stream, &reply::TOO_MANY_CLIENT_CONNECTIONS);
+            return None;
+        }
     };
     let _ = stream.set_nodelay(true);
     Some(guard)
@@ -202,15 +273,34 @@ mod tests {
     fn session_count_is_bounded_and_released() {
         let metrics = Arc::new(Metrics::new());
         let count = SessionCount::default();
-        let a = count.try_open(2, &metrics).expect("first");
-        let b = count.try_open(2, &metrics).expect("second");
-        assert!(count.try_open(2, &metrics).is_none());
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let a = count.try_open(2, 10, ip, &metrics).expect("first");
+        let b = count.try_open(2, 10, ip, &metrics).expect("second");
+        assert_eq!(count.try_open(2, 10, ip, &metrics).err(), Some(Full::Total));
         assert_eq!(metrics.smtp_sessions_active.get(), 2);
         drop(a);
         assert_eq!(count.active(), 1);
-        let _c = count.try_open(2, &metrics).expect("room again");
+        let _c = count.try_open(2, 10, ip, &metrics).expect("room again");
         drop(b);
         assert_eq!(count.active(), 1);
         assert_eq!(metrics.smtp_sessions_active.get(), 1);
+    }
+
+    #[test]
+    fn per_client_count_is_bounded_and_released() {
+        let metrics = Arc::new(Metrics::new());
+        let count = SessionCount::default();
+        let a: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let b: IpAddr = "127.0.0.2".parse().expect("ip");
+        let first = count.try_open(10, 2, a, &metrics).expect("first");
+        let _second = count.try_open(10, 2, mapped, &metrics).expect("second");
+        assert_eq!(count.try_open(10, 2, a, &metrics).err(), Some(Full::Client));
+        let _other = count.try_open(10, 2, b, &metrics).expect("another client");
+        assert_eq!(count.active_from(a), 2);
+        drop(first);
+        assert_eq!(count.active_from(a), 1);
+        let _third = count.try_open(10, 2, a, &metrics).expect("room again");
+        assert_eq!(count.active(), 3);
     }
 }

@@ -71,9 +71,12 @@ pub(super) const START_DATA: Reply = Reply::fixed(354, "End data with <CR><LF>.<
 pub(super) const BYE: Reply = Reply::fixed(221, "2.0.0 Bye");
 pub(super) const HELP: Reply = Reply::fixed(
     214,
-    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+    "2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
 );
 pub(super) const VRFY: Reply = Reply::fixed(252, "2.5.0 Cannot VRFY user, but will accept message");
+
+pub(super) const READY_TLS: Reply = Reply::fixed(220, "2.0.0 Ready to start TLS");
+pub(super) const AUTH_OK: Reply = Reply::fixed(235, "2.7.0 Authentication successful");
 
 pub(super) const SHUTTING_DOWN: Reply = Reply::fixed(421, "4.3.2 Service shutting down");
 pub(super) const TOO_MANY_CONNECTIONS: Reply =
@@ -82,6 +85,15 @@ pub(super) const TOO_MANY_ERRORS: Reply = Reply::fixed(421, "4.7.0 Too many erro
 pub(super) const NO_STORAGE: Reply = Reply::fixed(452, "4.3.1 Insufficient system storage");
 pub(super) const TOO_MANY_RECIPIENTS: Reply = Reply::fixed(452, "4.5.3 Too many recipients");
 pub(super) const NO_TLS: Reply = Reply::fixed(454, "4.7.0 TLS not available");
+pub(super) const TOO_MANY_CLIENT_CONNECTIONS: Reply = Reply::fixed(
+    421,
+    "4.7.0 Too many connections from your address, try again later",
+);
+pub(super) const TOO_MANY_MESSAGES: Reply = Reply::fixed(451, "4.7.1 Too many messages, slow down");
+pub(super) const AUTH_LOCKED: Reply =
+    Reply::fixed(454, "4.7.0 Too many failed attempts, try again later");
+pub(super) const AUTH_TEMPORARY: Reply =
+    Reply::fixed(454, "4.7.0 Temporary authentication failure");
 
 pub(super) const UNRECOGNIZED: Reply = Reply::fixed(500, "5.5.2 Command unrecognized");
 pub(super) const LINE_TOO_LONG: Reply = Reply::fixed(500, "5.5.2 Line too long");
@@ -92,6 +104,26 @@ pub(super) const HELO_FIRST: Reply = Reply::fixed(503, "5.5.1 EHLO/HELO first");
 pub(super) const NESTED_MAIL: Reply = Reply::fixed(503, "5.5.1 Nested MAIL command");
 pub(super) const NEED_MAIL: Reply = Reply::fixed(503, "5.5.1 Need MAIL command");
 pub(super) const NO_AUTH: Reply = Reply::fixed(503, "5.5.1 Authentication not enabled");
+pub(super) const TLS_ACTIVE: Reply = Reply::fixed(503, "5.5.1 TLS already active");
+pub(super) const ALREADY_AUTHENTICATED: Reply = Reply::fixed(503, "5.5.1 Already authenticated");
+pub(super) const AUTH_IN_TRANSACTION: Reply =
+    Reply::fixed(503, "5.5.1 AUTH not permitted during a mail transaction");
+pub(super) const UNKNOWN_MECHANISM: Reply =
+    Reply::fixed(504, "5.5.4 Unrecognized authentication type");
+pub(super) const AUTH_CANCELLED: Reply = Reply::fixed(501, "5.0.0 Authentication cancelled");
+pub(super) const AUTH_MALFORMED: Reply = Reply::fixed(501, "5.5.2 Cannot decode response");
+pub(super) const AUTH_LINE_TOO_LONG: Reply =
+    Reply::fixed(500, "5.5.6 Authentication exchange line is too long");
+pub(super) const AUTH_REQUIRED: Reply = Reply::fixed(530, "5.7.0 Authentication required");
+pub(super) const STARTTLS_FIRST: Reply =
+    Reply::fixed(530, "5.7.0 Must issue a STARTTLS command first");
+pub(super) const AUTH_FAILED: Reply = Reply::fixed(535, "5.7.8 Authentication credentials invalid");
+pub(super) const ENCRYPTION_REQUIRED: Reply = Reply::fixed(
+    538,
+    "5.7.11 Encryption required for requested authentication mechanism",
+);
+pub(super) const SENDER_NOT_ALLOWED: Reply =
+    Reply::fixed(550, "5.7.1 Sender address not allowed for this user");
 pub(super) const NO_RECIPIENTS: Reply = Reply::fixed(554, "5.5.1 No valid recipients");
 pub(super) const TOO_BIG: Reply =
     Reply::fixed(552, "5.3.4 Message size exceeds fixed maximum message size");

@@ -1,29 +1,33 @@
 //! One SMTP session: the state machine over one connection, one method per verb.
 //!
-//! The state is small: whether the client has said EHLO/HELO, and the mail transaction in
-//! progress (sender, tenant, recipients). The settings are taken when the session starts and
-//! again at EHLO/HELO and MAIL, the points where no transaction is in progress, so a reload
-//! applies to the next transaction and never changes the rules in the middle of one.
+//! The state is small: whether the client has said EHLO/HELO, whether the connection is
+//! encrypted, who authenticated, and the mail transaction in progress (sender, tenant,
+//! recipients). The settings are taken when the session starts and again at EHLO/HELO, AUTH
+//! and MAIL, the points where no transaction is in progress, so a reload applies to the next
+//! transaction and never changes the rules in the middle of one.
 //!
-//! Adding a verb (AUTH, STARTTLS when they come) means one arm in [`Session::execute`] and
-//! one method.
+//! Adding a verb means one arm in [`Session::execute`] and one method.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use smtp_proto::{MailFrom, RcptTo, Request};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::Context;
-use super::conn::{Conn, Line};
+use super::auth::{self, Credentials, SaslError};
+use super::conn::{BoxStream, Conn, Line};
 use super::data::{self, Abort, Outcome};
 use super::listener::SessionGuard;
 use super::reply::{self, Reply, printable};
+use super::tls::is_local;
+use crate::config::{AuthMode, ListenerOptions, TlsMode};
 use crate::metrics::Metrics;
 use crate::queue::{Envelope, Incoming};
-use crate::routing::Hints;
+use crate::routing::{Hints, matches_pattern};
 use crate::server::Settings;
 use crate::shutdown::Shutdown;
 
@@ -31,17 +35,58 @@ use crate::shutdown::Shutdown;
 /// us; Postfix uses 20 as well).
 const MAX_ERRORS: u32 = 20;
 
-/// Serves one accepted connection to its end.
+/// The window of `smtp.max_messages_per_client_per_minute`.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Serves one accepted connection to its end. On an implicit TLS listener the handshake
+/// comes first, within the command timeout.
 pub(super) async fn run(
     stream: TcpStream,
     peer: IpAddr,
+    listener: Arc<ListenerOptions>,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+    guard: SessionGuard,
+) {
+    let stream: BoxStream = if listener.tls == TlsMode::Implicit {
+        let settings = ctx.settings.borrow().clone();
+        // Failures are logged by the cache, once per reload.
+        let Ok(acceptor) = ctx.tls.acceptor(&settings) else {
+            return;
+        };
+        let limit = settings.config.smtp.command_timeout;
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Box::new(stream)
+    };
+    let tls = listener.tls == TlsMode::Implicit;
+    serve_stream(stream, peer, tls, listener, ctx, shutdown, guard).await;
+}
+
+/// Serves a connection that is ready for the greeting; `tls` says whether it is encrypted.
+pub(super) async fn serve_stream(
+    stream: BoxStream,
+    peer: IpAddr,
+    tls: bool,
+    listener: Arc<ListenerOptions>,
     ctx: Arc<Context>,
     shutdown: Shutdown,
     guard: SessionGuard,
 ) {
     let settings = ctx.settings.borrow().clone();
-    let (read, write) = stream.into_split();
-    let conn = Conn::new(read, write, settings.config.smtp.command_timeout);
+    let smtp = &settings.config.smtp;
+    let conn = Conn::new(stream, smtp.command_timeout);
+    let deadline = Instant::now() + smtp.max_session_duration;
     let mut session = Session {
         guard: Some(guard),
         conn,
@@ -49,11 +94,16 @@ pub(super) async fn run(
         settings,
         shutdown,
         peer,
+        local: is_local(peer),
+        tls,
+        listener,
+        deadline,
         helo: None,
+        user: None,
         tx: None,
         errors: 0,
     };
-    tracing::debug!(client = %peer, "SMTP session opened");
+    tracing::debug!(client = %peer, tls, "SMTP session opened");
     session.serve().await;
     tracing::debug!(client = %peer, "SMTP session closed");
 }
@@ -61,6 +111,13 @@ pub(super) async fn run(
 struct Helo {
     name: String,
     extended: bool,
+}
+
+/// Who authenticated, as configured when they did.
+struct User {
+    name: String,
+    tenant: String,
+    senders: Vec<String>,
 }
 
 /// A mail transaction: from MAIL to the end of DATA (or RSET, EHLO, HELO).
@@ -85,23 +142,31 @@ enum Input {
 /// The client went away (or broke the connection): nothing more to say to it.
 struct Gone;
 
-struct Session<R, W> {
+struct Session {
     /// Released just before we close the connection (and, as fields drop in declaration
     /// order, before the socket when the client closed first), so a session has left the count
     /// by the time its client sees the end of the connection.
     guard: Option<SessionGuard>,
-    conn: Conn<R, W>,
+    conn: Conn<BoxStream>,
     ctx: Arc<Context>,
     settings: Arc<Settings>,
     shutdown: Shutdown,
     peer: IpAddr,
+    /// The client is on this machine: it may authenticate without TLS.
+    local: bool,
+    /// The connection is encrypted (implicit TLS or after STARTTLS).
+    tls: bool,
+    listener: Arc<ListenerOptions>,
+    /// `smtp.max_session_duration` after the start: no wait goes beyond it.
+    deadline: Instant,
     helo: Option<Helo>,
+    user: Option<User>,
     tx: Option<Transaction>,
     /// Consecutive replies blaming the client (5xx).
     errors: u32,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+impl Session {
     async fn serve(&mut self) {
         let greeting = Reply::new(
             220,
@@ -112,7 +177,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         loop {
             let reply = match self.next_command(&mut line).await {
                 Input::Line => match self.execute(&line).await {
-                    Ok(reply) => reply,
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => continue,
                     Err(Gone) => return,
                 },
                 Input::TooLong => reply::LINE_TOO_LONG,
@@ -128,18 +194,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
     }
 
-    /// Waits for the next command line, within the command timeout, unless shutdown comes
-    /// first. A line already in the buffer wins over shutdown: it was sent before we stopped.
+    /// When the current wait for the client must end: the per-command limit, or the end of
+    /// the session's lifetime if that comes first.
+    fn wait_until(&self, limit: Duration) -> Instant {
+        (Instant::now() + limit).min(self.deadline)
+    }
+
+    /// Waits for the next command line (or SASL response), within the command timeout,
+    /// unless shutdown comes first. A line already in the buffer wins over shutdown: it was
+    /// sent before we stopped.
     async fn next_command(&mut self, line: &mut Vec<u8>) -> Input {
         let smtp = &self.settings.config.smtp;
-        let (max, limit) = (smtp.max_line_length, smtp.command_timeout);
+        let max = smtp.max_line_length;
+        let until = self.wait_until(smtp.command_timeout);
         // Flush outside the select, so that shutdown can only ever cancel a read.
         if self.conn.flush_if_idle().await.is_err() {
             return Input::Closed;
         }
         tokio::select! {
             biased;
-            read = tokio::time::timeout(limit, self.conn.read_line(line, max)) => match read {
+            read = tokio::time::timeout_at(until, self.conn.read_line(line, max)) => match read {
                 Err(_) => Input::Timeout,
                 Ok(Ok(Line::Complete)) => Input::Line,
                 Ok(Ok(Line::TooLong)) => Input::TooLong,
@@ -169,49 +243,65 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     fn timeout_reply(&self) -> Reply {
+        let hostname = &self.settings.config.hostname;
+        if Instant::now() >= self.deadline {
+            tracing::info!(client = %self.peer, "SMTP session reached smtp.max_session_duration");
+            return Reply::new(
+                421,
+                format!("4.4.2 {hostname} Error: session lasted too long"),
+            );
+        }
         tracing::debug!(client = %self.peer, "SMTP session timed out");
-        Reply::new(
-            421,
-            format!(
-                "4.4.2 {} Error: timeout exceeded",
-                self.settings.config.hostname
-            ),
-        )
+        Reply::new(421, format!("4.4.2 {hostname} Error: timeout exceeded"))
     }
 
-    async fn execute(&mut self, line: &[u8]) -> Result<Reply, Gone> {
+    /// Runs one command. `None`: nothing to send (STARTTLS has answered already).
+    async fn execute(&mut self, line: &[u8]) -> Result<Option<Reply>, Gone> {
         let request = match parse(line) {
             Ok(request) => request,
-            Err(reply) => return Ok(reply),
+            Err(reply) => return Ok(Some(reply)),
         };
         // Draining: finish what was in flight, start nothing new.
         if self.shutdown.is_shutdown() && !matches!(request, Request::Quit) {
-            return Ok(reply::SHUTTING_DOWN);
+            return Ok(Some(reply::SHUTTING_DOWN));
         }
-        Ok(match request {
+        Ok(Some(match request {
             Request::Ehlo { host } => self.ehlo(host, true),
             Request::Helo { host } => self.ehlo(host, false),
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to),
-            Request::Data => return self.data().await,
+            Request::Data => return self.data().await.map(Some),
             Request::Rset => self.rset(),
             Request::Noop { .. } => reply::OK,
             Request::Vrfy { .. } => reply::VRFY,
             Request::Help { .. } => reply::HELP,
             Request::Quit => reply::BYE,
-            Request::StartTls => reply::NO_TLS,
-            Request::Auth { .. } => reply::NO_AUTH,
+            Request::StartTls => return self.starttls().await,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await.map(Some),
             Request::Expn { .. }
             | Request::Bdat { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => reply::NOT_IMPLEMENTED,
             Request::Lhlo { .. } => reply::UNRECOGNIZED,
-        })
+        }))
     }
 
     fn reload(&mut self) {
         self.settings = self.ctx.settings.borrow().clone();
+    }
+
+    /// SMTP AUTH in force on this connection: the listener's, else `smtp.auth`.
+    fn auth_mode(&self) -> AuthMode {
+        self.listener.auth.unwrap_or(self.settings.config.smtp.auth)
+    }
+
+    /// Credentials may cross this connection: it is encrypted or never leaves the machine.
+    fn may_authenticate(&self) -> bool {
+        self.tls || self.local
     }
 
     fn ehlo(&mut self, host: String, extended: bool) -> Reply {
@@ -222,17 +312,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             extended,
         });
         let config = &self.settings.config;
-        if extended {
-            Reply::new(
-                250,
-                format!(
-                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES\nHELP",
-                    config.hostname, config.smtp.max_message_size
-                ),
-            )
-        } else {
-            Reply::new(250, config.hostname.clone())
+        if !extended {
+            return Reply::new(250, config.hostname.clone());
         }
+        let mut text = format!(
+            "{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+            config.hostname, config.smtp.max_message_size
+        );
+        if self.listener.tls == TlsMode::Starttls && !self.tls {
+            text.push_str("\nSTARTTLS");
+        }
+        if self.auth_mode() != AuthMode::Off && self.may_authenticate() {
+            text.push_str("\nAUTH PLAIN LOGIN");
+        }
+        text.push_str("\nHELP");
+        Reply::new(250, text)
     }
 
     fn mail(&mut self, from: MailFrom<String>) -> Reply {
@@ -243,6 +337,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             return reply::NESTED_MAIL;
         }
         self.reload();
+        if self.auth_mode() == AuthMode::Required && self.user.is_none() {
+            let starttls_would_help =
+                !self.may_authenticate() && self.listener.tls == TlsMode::Starttls;
+            return if starttls_would_help {
+                reply::STARTTLS_FIRST
+            } else {
+                reply::AUTH_REQUIRED
+            };
+        }
         if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
             return reply::BINARY_UNSUPPORTED;
         }
@@ -253,11 +356,34 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         if from.size as u64 > self.settings.config.smtp.max_message_size {
             return reply::TOO_BIG;
         }
+        if let Some(user) = &self.user
+            && !user.senders.is_empty()
+            && !user.senders.iter().any(|p| matches_pattern(p, &sender))
+        {
+            tracing::info!(
+                client = %self.peer,
+                user = printable(&user.name, 64),
+                from = %printable(&sender, 256),
+                "refusing mail: sender not allowed for this user"
+            );
+            return reply::SENDER_NOT_ALLOWED;
+        }
         if let Err(e) = self.ctx.spool.check_space() {
             tracing::warn!(client = %self.peer, error = %e, "refusing mail: no room in the spool");
             return reply::NO_STORAGE;
         }
-        let Some(tenant) = self.settings.router.route(&sender, Hints::default()) else {
+        let hints = Hints {
+            listener_tenant: self.listener.tenant.as_deref(),
+            user_tenant: self.user.as_ref().map(|u| u.tenant.as_str()),
+        };
+        let config = &self.settings.config;
+        let tenant = self
+            .settings
+            .router
+            .route(&sender, hints)
+            // A tenant bound to a listener or user may have gone in a reload.
+            .filter(|t| config.tenant(t).is_some());
+        let Some(tenant) = tenant else {
             tracing::info!(client = %self.peer, from = %sender, "refusing mail: no tenant for sender");
             return Reply::new(
                 550,
@@ -267,8 +393,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 ),
             );
         };
+        let tenant = tenant.to_string();
+        let per_minute = config.smtp.max_messages_per_client_per_minute;
+        let now = std::time::Instant::now();
+        if !self
+            .ctx
+            .limits
+            .messages
+            .try_acquire(self.peer, per_minute, MINUTE, now)
+        {
+            tracing::warn!(
+                client = %self.peer,
+                limit = per_minute,
+                "refusing mail: smtp.max_messages_per_client_per_minute reached"
+            );
+            return reply::TOO_MANY_MESSAGES;
+        }
         self.tx = Some(Transaction {
-            tenant: tenant.to_string(),
+            tenant,
             mail_from: sender,
             recipients: Vec::new(),
             seen: HashSet::new(),
@@ -301,6 +443,200 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         reply::OK
     }
 
+    /// STARTTLS (RFC 3207): `220`, then the handshake on the same connection, then a fresh
+    /// start: everything learnt before TLS (EHLO, AUTH, a transaction) is forgotten, and
+    /// whatever the client pipelined after the command is discarded unread. Answers itself.
+    async fn starttls(&mut self) -> Result<Option<Reply>, Gone> {
+        if self.tls {
+            return Ok(Some(reply::TLS_ACTIVE));
+        }
+        if self.listener.tls != TlsMode::Starttls {
+            return Ok(Some(reply::NO_TLS));
+        }
+        self.reload();
+        let Ok(acceptor) = self.ctx.tls.acceptor(&self.settings) else {
+            return Ok(Some(reply::NO_TLS));
+        };
+        self.conn.queue(&reply::READY_TLS);
+        let (stream, discarded) = self.conn.take_stream().await.map_err(|_| Gone)?;
+        if discarded > 0 {
+            tracing::warn!(
+                client = %self.peer,
+                bytes = discarded,
+                "discarded input pipelined after STARTTLS (a client bug or a command injection attempt)"
+            );
+        }
+        let until = self.wait_until(self.settings.config.smtp.command_timeout);
+        match tokio::time::timeout_at(until, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                self.conn.put_stream(Box::new(tls));
+                self.tls = true;
+                self.helo = None;
+                self.user = None;
+                self.tx = None;
+                tracing::debug!(client = %self.peer, "STARTTLS done");
+                Ok(None)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.peer, error = %e, "STARTTLS handshake failed");
+                Err(Gone)
+            }
+            Err(_) => {
+                tracing::debug!(client = %self.peer, "STARTTLS handshake timed out");
+                Err(Gone)
+            }
+        }
+    }
+
+    /// AUTH PLAIN or LOGIN (RFC 4954), then an Argon2 check off the async threads. Failures
+    /// count against the client address; past `smtp.max_auth_failures` within
+    /// `smtp.auth_failure_window` the address is refused for a while.
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Result<Reply, Gone> {
+        self.reload();
+        if self.auth_mode() == AuthMode::Off {
+            return Ok(reply::NO_AUTH);
+        }
+        if self.helo.is_none() {
+            return Ok(reply::HELO_FIRST);
+        }
+        if self.user.is_some() {
+            return Ok(reply::ALREADY_AUTHENTICATED);
+        }
+        if self.tx.is_some() {
+            return Ok(reply::AUTH_IN_TRANSACTION);
+        }
+        if !self.may_authenticate() {
+            tracing::info!(client = %self.peer, "refusing AUTH without TLS from a remote client");
+            return Ok(reply::ENCRYPTION_REQUIRED);
+        }
+        if mechanism != smtp_proto::AUTH_PLAIN && mechanism != smtp_proto::AUTH_LOGIN {
+            return Ok(reply::UNKNOWN_MECHANISM);
+        }
+        let smtp = &self.settings.config.smtp;
+        let (max_failures, window) = (smtp.max_auth_failures, smtp.auth_failure_window);
+        let limits = &self.ctx.limits;
+        if limits.auth_failures.is_limited(
+            self.peer,
+            max_failures,
+            window,
+            std::time::Instant::now(),
+        ) {
+            tracing::warn!(client = %self.peer, "refusing AUTH: too many failed attempts from this address");
+            return Ok(reply::AUTH_LOCKED);
+        }
+        let credentials = match self.sasl_exchange(mechanism, initial).await? {
+            Ok(credentials) => credentials,
+            Err(reply) => return Ok(reply),
+        };
+
+        let settings = self.settings.clone();
+        let smtp = &settings.config.smtp;
+        let account = smtp.user(&credentials.user);
+        // An unknown name costs a check as well (against another user's hash, whose result
+        // is ignored), so response times do not tell which names exist.
+        let Some(phc) = account
+            .or(smtp.users.first())
+            .map(|u| u.password_hash.expose().to_string())
+        else {
+            return Ok(reply::AUTH_FAILED);
+        };
+        let matched = {
+            let Ok(_permit) = self.ctx.limits.verifications.acquire().await else {
+                return Ok(reply::AUTH_TEMPORARY);
+            };
+            let name = credentials.user.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                let c = credentials;
+                auth::verify(&phc, &c.password)
+            })
+            .await;
+            match checked {
+                Ok(matched) => matched && account.is_some_and(|u| u.name == name),
+                Err(e) => {
+                    tracing::error!(error = %e, "password check failed to run");
+                    return Ok(reply::AUTH_TEMPORARY);
+                }
+            }
+        };
+        let name = printable(account.map_or("", |u| u.name.as_str()), 64);
+        match account {
+            Some(user) if matched => {
+                tracing::info!(client = %self.peer, user = %name, "authenticated");
+                self.user = Some(User {
+                    name: user.name.clone(),
+                    tenant: user.tenant.clone(),
+                    senders: user.senders.clone(),
+                });
+                Ok(reply::AUTH_OK)
+            }
+            _ => {
+                self.ctx.limits.auth_failures.record(
+                    self.peer,
+                    max_failures,
+                    window,
+                    std::time::Instant::now(),
+                );
+                tracing::warn!(
+                    client = %self.peer,
+                    known_user = account.is_some(),
+                    user = %name,
+                    "authentication failed"
+                );
+                Ok(reply::AUTH_FAILED)
+            }
+        }
+    }
+
+    /// The `334` exchange of one mechanism, up to the name and password.
+    async fn sasl_exchange(
+        &mut self,
+        mechanism: u64,
+        initial: String,
+    ) -> Result<Result<Credentials, Reply>, Gone> {
+        let initial = (!initial.is_empty()).then_some(initial);
+        let decoded = |line: &[u8]| {
+            auth::decode(line).map_err(|e| match e {
+                SaslError::Cancelled => reply::AUTH_CANCELLED,
+                SaslError::Malformed => reply::AUTH_MALFORMED,
+            })
+        };
+        macro_rules! step {
+            ($r:expr) => {
+                match $r {
+                    Ok(v) => v,
+                    Err(reply) => return Ok(Err(reply)),
+                }
+            };
+        }
+        if mechanism == smtp_proto::AUTH_PLAIN {
+            let message = match initial {
+                Some(text) => step!(decoded(text.as_bytes())),
+                None => step!(decoded(&step!(self.challenge("").await?))),
+            };
+            return Ok(auth::plain(&message).map_err(|_| reply::AUTH_MALFORMED));
+        }
+        let user = match initial {
+            Some(text) => step!(decoded(text.as_bytes())),
+            None => step!(decoded(&step!(self.challenge(auth::LOGIN_USERNAME).await?))),
+        };
+        let user = step!(auth::username(&user).map_err(|_| reply::AUTH_MALFORMED));
+        let password = step!(decoded(&step!(self.challenge(auth::LOGIN_PASSWORD).await?)));
+        Ok(Ok(Credentials { user, password }))
+    }
+
+    /// Sends `334 text` and reads the client's answer line.
+    async fn challenge(&mut self, text: &str) -> Result<Result<Vec<u8>, Reply>, Gone> {
+        self.conn.queue(&Reply::new(334, text.to_string()));
+        let mut line = Vec::new();
+        Ok(match self.next_command(&mut line).await {
+            Input::Line => Ok(line),
+            Input::TooLong => Err(reply::AUTH_LINE_TOO_LONG),
+            Input::Closed => return Err(Gone),
+            Input::Timeout => Err(self.timeout_reply()),
+            Input::Shutdown => Err(reply::SHUTTING_DOWN),
+        })
+    }
+
     /// DATA: the spool file is created (and the trace header written) before the `354`, so a
     /// spool that cannot take the message says so before the client sends it. The transaction
     /// ends here whatever happens next.
@@ -327,7 +663,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let config = &self.settings.config;
         let header = data::trace_header(
             helo,
-            extended,
+            data::protocol(extended, self.tls, self.user.is_some()),
             self.peer,
             &config.hostname,
             incoming.id(),
@@ -343,7 +679,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         if self.conn.flush().await.is_err() {
             return Err(Gone);
         }
-        match data::receive(&mut self.conn, incoming, max_size, timeout).await {
+        match data::receive(&mut self.conn, incoming, max_size, timeout, self.deadline).await {
             Ok(Outcome::Stored(incoming)) => Ok(self.commit(tx, incoming).await),
             Ok(Outcome::TooBig) => {
                 tracing::info!(client = %self.peer, max_size, "refused message over the size limit");
@@ -384,6 +720,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         tracing::info!(
             queue_id = envelope.id.as_str(),
             client = %self.peer,
+            user = self.user.as_ref().map(|u| printable(&u.name, 64)),
+            tls = self.tls,
             tenant = envelope.tenant.as_str(),
             from = envelope.mail_from.as_str(),
             size = envelope.size,

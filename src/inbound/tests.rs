@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Context, SessionCount, serve};
+use super::conn::BoxStream;
+use super::{ClientLimits, Context, ListenerOptions, SessionCount, TlsCache, serve};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::queue::{Envelope, Spool};
@@ -67,8 +67,18 @@ async fn start(smtp: &str) -> Relay {
 }
 
 async fn start_with(smtp: &str, tenants: &str, min_free_space: u64) -> Relay {
+    start_listener(smtp, tenants, min_free_space, ListenerOptions::default()).await
+}
+
+async fn start_listener(
+    smtp: &str,
+    tenants: &str,
+    min_free_space: u64,
+    options: ListenerOptions,
+) -> Relay {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = Settings::new(config(dir.path(), smtp, tenants));
+    let smtp = smtp.replace(TLS_KEYS, &test_cert().install(dir.path(), "relay"));
+    let settings = Settings::new(config(dir.path(), &smtp, tenants));
     let spool = Spool::open(dir.path(), min_free_space).expect("spool");
     let (settings_tx, settings_rx) = watch::channel(settings);
     let (accepted_tx, accepted) = mpsc::unbounded_channel();
@@ -78,13 +88,15 @@ async fn start_with(smtp: &str, tenants: &str, min_free_space: u64) -> Relay {
         accepted: accepted_tx,
         metrics: Arc::new(Metrics::new()),
         sessions: SessionCount::default(),
+        limits: ClientLimits::default(),
+        tls: TlsCache::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (trigger, shutdown) = shutdown::channel();
-    let server = tokio::spawn(serve(listener, ctx.clone(), shutdown, WAIT));
+    let server = tokio::spawn(serve(listener, options, ctx.clone(), shutdown, WAIT));
     Relay {
         addr,
         spool,
@@ -127,8 +139,8 @@ impl Relay {
 }
 
 struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<BoxStream>>,
+    writer: WriteHalf<BoxStream>,
 }
 
 impl Client {
@@ -138,13 +150,24 @@ impl Client {
             .await
             .expect("connect in time")
             .expect("connect");
-        let (r, w) = stream.into_split();
-        let mut client = Client {
-            reader: BufReader::new(r),
-            writer: w,
-        };
+        let mut client = Client::over(Box::new(stream));
         let greeting = client.reply().await;
         (client, greeting)
+    }
+
+    /// A client over any stream (TLS, an in-memory pipe), before the greeting.
+    fn over(stream: BoxStream) -> Client {
+        let (r, w) = tokio::io::split(stream);
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// The stream back, for a TLS handshake; nothing may be left unread.
+    fn into_stream(self) -> BoxStream {
+        assert!(self.reader.buffer().is_empty(), "unread server output");
+        self.reader.into_inner().unsplit(self.writer)
     }
 
     /// Connects, checks the greeting and says EHLO.
@@ -752,4 +775,738 @@ async fn binary_garbage_gets_replies_not_a_crash() {
     c.send(b"\r\n").await;
     assert!(c.reply().await.starts_with("5"));
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+// ---- Access control: AUTH, TLS, per-client limits ----
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use crate::config::{AuthMode, TlsMode};
+
+fn b64(s: &str) -> String {
+    BASE64.encode(s.as_bytes())
+}
+
+/// Two users: `app01` (tenant fabrikam, any sender) and `app02` (tenant contoso, only
+/// `*@app02.internal`). Passwords `pw-one` and `pw-two`, hashed cheaply once.
+fn users() -> &'static str {
+    static USERS: OnceLock<String> = OnceLock::new();
+    USERS.get_or_init(|| {
+        format!(
+            "[[smtp.user]]\nname = \"app01\"\npassword_hash = \"{}\"\ntenant = \"fabrikam\"\n\n\
+             [[smtp.user]]\nname = \"app02\"\npassword_hash = \"{}\"\ntenant = \"contoso\"\n\
+             senders = [\"*@app02.internal\"]\n",
+            super::auth::cheap_hash("pw-one"),
+            super::auth::cheap_hash("pw-two"),
+        )
+    })
+}
+
+/// `[smtp]` keys, then the users.
+fn with_users(keys: &str) -> String {
+    format!("{SMALL}{keys}\n{}", users())
+}
+
+async fn start_auth(keys: &str, options: ListenerOptions) -> Relay {
+    start_listener(&with_users(keys), &format!("{ROUTED}{DEFAULT}"), 0, options).await
+}
+
+fn listener(tls: TlsMode, auth: Option<AuthMode>) -> ListenerOptions {
+    ListenerOptions {
+        tls,
+        auth,
+        tenant: None,
+    }
+}
+
+/// A self-signed certificate for `localhost`, as PEM and DER.
+struct TestCert {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: signing_key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Writes `NAME.crt` and `NAME.key` into `dir`; returns the `[smtp]` keys naming them.
+    fn install(&self, dir: &Path, name: &str) -> String {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &self.cert_pem).expect("write cert");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        format!(
+            "tls_certificate_file = {:?}\ntls_key_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    }
+}
+
+/// One certificate for the whole test run (generating one takes a moment).
+fn test_cert() -> &'static TestCert {
+    static CERT: OnceLock<TestCert> = OnceLock::new();
+    CERT.get_or_init(TestCert::new)
+}
+
+/// In `[smtp]` text given to [`start_listener`]: replaced by the keys naming
+/// [`test_cert`], written into the relay's directory as `relay.crt` and `relay.key`.
+const TLS_KEYS: &str = "#tls-keys#\n";
+
+/// A TLS client handshake over `stream`, trusting only `trust`.
+async fn tls_connect(stream: BoxStream, trust: &CertificateDer<'static>) -> BoxStream {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).expect("trust anchor");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    Box::new(tls)
+}
+
+/// A session served over an in-memory pipe as if the client were at `peer`, on a
+/// connection that is (`tls = true`) or is not encrypted: how the "remote client" rules are
+/// tested without a second machine.
+async fn session_from(
+    relay: &Relay,
+    peer: &str,
+    tls: bool,
+    options: ListenerOptions,
+) -> (Client, Trigger) {
+    let peer: IpAddr = peer.parse().expect("ip");
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let guard = relay
+        .ctx
+        .sessions
+        .try_open(100, 100, peer, &relay.ctx.metrics)
+        .expect("session slot");
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(super::session::serve_stream(
+        Box::new(server),
+        peer,
+        tls,
+        Arc::new(options),
+        relay.ctx.clone(),
+        shutdown,
+        guard,
+    ));
+    let mut c = Client::over(Box::new(client));
+    assert_eq!(c.reply().await, "220 relay.test ESMTP authrelay");
+    (c, trigger)
+}
+
+#[tokio::test]
+async fn auth_off_is_neither_offered_nor_accepted() {
+    let relay = start_auth("", ListenerOptions::default()).await;
+    let mut c = Client::ready(relay.addr).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "503 5.5.1 Authentication not enabled"
+    );
+}
+
+#[tokio::test]
+async fn auth_optional_plain_and_routing_by_user() {
+    let mut relay = start_auth("auth = \"optional\"\n", ListenerOptions::default()).await;
+    let mut c = Client::ready(relay.addr).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("250-AUTH PLAIN LOGIN\n"), "{ehlo}");
+    // Without AUTH, mail is routed by sender as usual.
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"x\r\n.\r\n")
+        .await;
+    queued_id(&reply);
+    assert_eq!(relay.envelope().await.tenant, "contoso");
+    // app01's mail goes through fabrikam, whatever the sender's domain says.
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "503 5.5.1 Already authenticated"
+    );
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"y\r\n.\r\n")
+        .await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.tenant, "fabrikam");
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert!(
+        String::from_utf8_lossy(&message).contains(" with ESMTPA id "),
+        "{}",
+        String::from_utf8_lossy(&message)
+    );
+}
+
+#[tokio::test]
+async fn auth_required_login_and_plain_without_initial_response() {
+    let mut relay = start_auth("auth = \"required\"\n", ListenerOptions::default()).await;
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "530 5.7.0 Authentication required"
+    );
+    assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
+    assert_eq!(c.cmd(&b64("app02")).await, "334 UGFzc3dvcmQ6");
+    assert_eq!(
+        c.cmd(&b64("pw-two")).await,
+        "235 2.7.0 Authentication successful"
+    );
+    // app02 may only use *@app02.internal.
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "550 5.7.1 Sender address not allowed for this user"
+    );
+    let reply = c
+        .message("cron@APP02.internal", &["bob@example.org"], b"x\r\n.\r\n")
+        .await;
+    queued_id(&reply);
+    assert_eq!(relay.envelope().await.tenant, "contoso");
+
+    // PLAIN with the credentials in a second step, LOGIN with the name up front.
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(c.cmd("AUTH PLAIN").await, "334 ");
+    assert_eq!(
+        c.cmd(&b64("app01\0app01\0pw-one")).await,
+        "235 2.7.0 Authentication successful"
+    );
+    let mut c = Client::ready(relay.addr).await;
+    assert_eq!(
+        c.cmd(&format!("AUTH LOGIN {}", b64("app01"))).await,
+        "334 UGFzc3dvcmQ6"
+    );
+    assert_eq!(
+        c.cmd(&b64("pw-one")).await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<anyone@anywhere.example>")
+            .await
+            .starts_with("250 ")
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_and_malformed_exchanges() {
+    let relay = start_auth("auth = \"optional\"\n", ListenerOptions::default()).await;
+    let mut c = Client::ready(relay.addr).await;
+    let invalid = "535 5.7.8 Authentication credentials invalid";
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0wrong")))
+            .await,
+        invalid
+    );
+    // Another user's password, an unknown user: the same answer.
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-two")))
+            .await,
+        invalid
+    );
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0nobody\0pw-one")))
+            .await,
+        invalid
+    );
+    assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
+    assert_eq!(c.cmd("*").await, "501 5.0.0 Authentication cancelled");
+    assert_eq!(
+        c.cmd("AUTH PLAIN %%%").await,
+        "501 5.5.2 Cannot decode response"
+    );
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("admin\0app01\0pw-one")))
+            .await,
+        "501 5.5.2 Cannot decode response"
+    );
+    assert_eq!(
+        c.cmd("AUTH CRAM-MD5").await,
+        "504 5.5.4 Unrecognized authentication type"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250 ")
+    );
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "503 5.5.1 AUTH not permitted during a mail transaction"
+    );
+    // Before EHLO.
+    let (mut fresh, _) = Client::connect(relay.addr).await;
+    assert_eq!(
+        fresh
+            .cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "503 5.5.1 EHLO/HELO first"
+    );
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_address_out() {
+    let relay = start_auth(
+        "auth = \"optional\"\nmax_auth_failures = 3\n",
+        ListenerOptions::default(),
+    )
+    .await;
+    let mut c = Client::ready(relay.addr).await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0guess")))
+                .await,
+            "535 5.7.8 Authentication credentials invalid"
+        );
+    }
+    let locked = "454 4.7.0 Too many failed attempts, try again later";
+    // Now even the right password is not checked, in this session or a new one.
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        locked
+    );
+    let mut again = Client::ready(relay.addr).await;
+    assert_eq!(again.cmd("AUTH LOGIN").await, locked);
+    // Mail without AUTH still flows on an optional listener.
+    assert!(
+        again
+            .cmd("MAIL FROM:<alice@contoso.com>")
+            .await
+            .starts_with("250 ")
+    );
+}
+
+#[tokio::test]
+async fn remote_clients_must_use_tls_to_authenticate() {
+    let relay = start_auth("auth = \"optional\"\n", ListenerOptions::default()).await;
+    // Loopback: allowed in clear text (tested above). From another machine without TLS:
+    let (mut c, _t) = session_from(&relay, "192.0.2.10", false, ListenerOptions::default()).await;
+    let ehlo = c.cmd("EHLO remote.test").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "538 5.7.11 Encryption required for requested authentication mechanism"
+    );
+    // A listener that requires AUTH sends such a client to STARTTLS first, where it can.
+    let required = listener(TlsMode::Starttls, Some(AuthMode::Required));
+    let (mut c, _t2) = session_from(&relay, "192.0.2.10", false, required.clone()).await;
+    let ehlo = c.cmd("EHLO remote.test").await;
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "530 5.7.0 Must issue a STARTTLS command first"
+    );
+    let plain_only = listener(TlsMode::None, Some(AuthMode::Required));
+    let (mut c, _t4) = session_from(&relay, "192.0.2.10", false, plain_only).await;
+    c.cmd("EHLO remote.test").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "530 5.7.0 Authentication required"
+    );
+    // The same remote client over an encrypted connection may.
+    let (mut c, _t3) = session_from(&relay, "192.0.2.10", true, required).await;
+    let ehlo = c.cmd("EHLO remote.test").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await,
+        "235 2.7.0 Authentication successful"
+    );
+}
+
+#[tokio::test]
+async fn listener_auth_and_tenant_override_the_defaults() {
+    let options = ListenerOptions {
+        tls: TlsMode::None,
+        auth: Some(AuthMode::Off),
+        tenant: Some("fabrikam".into()),
+    };
+    let mut relay = start_auth("auth = \"required\"\n", options).await;
+    let mut c = Client::ready(relay.addr).await;
+    // AUTH is off here despite [smtp] auth = "required"; the listener's tenant takes the mail.
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"x\r\n.\r\n")
+        .await;
+    queued_id(&reply);
+    assert_eq!(relay.envelope().await.tenant, "fabrikam");
+}
+
+#[tokio::test]
+async fn starttls_upgrades_and_resets_the_session() {
+    let cert = test_cert();
+    let mut relay = start_auth(
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
+        listener(TlsMode::Starttls, None),
+    )
+    .await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("250-STARTTLS\n"), "{ehlo}");
+    // Loopback may authenticate before TLS; STARTTLS forgets it (RFC 3207 4.2).
+    assert!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await
+            .starts_with("235 ")
+    );
+    assert_eq!(c.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
+    let mut c = Client::over(tls_connect(c.into_stream(), &cert.der).await);
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "503 5.5.1 EHLO/HELO first"
+    );
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert_eq!(c.cmd("STARTTLS").await, "503 5.5.1 TLS already active");
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "530 5.7.0 Authentication required"
+    );
+    assert!(
+        c.cmd(&format!("AUTH PLAIN {}", b64("\0app01\0pw-one")))
+            .await
+            .starts_with("235 ")
+    );
+    let reply = c
+        .message(
+            "alice@contoso.com",
+            &["bob@example.org"],
+            b"secret\r\n.\r\n",
+        )
+        .await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.tenant, "fabrikam");
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert!(String::from_utf8_lossy(&message).contains(" with ESMTPSA id "));
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+}
+
+#[tokio::test]
+async fn commands_pipelined_after_starttls_are_discarded() {
+    let cert = test_cert();
+    let relay = start_listener(
+        &format!("{SMALL}{TLS_KEYS}"),
+        ROUTED,
+        0,
+        listener(TlsMode::Starttls, None),
+    )
+    .await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    c.cmd("EHLO client.test").await;
+    // The classic injection: commands sent in clear text with STARTTLS, hoping the server
+    // runs them inside the TLS session.
+    c.send(b"STARTTLS\r\nMAIL FROM:<mallory@contoso.com>\r\nRCPT TO:<victim@example.org>\r\n")
+        .await;
+    assert_eq!(c.reply().await, "220 2.0.0 Ready to start TLS");
+    let mut c = Client::over(tls_connect(c.into_stream(), &cert.der).await);
+    // The first reply over TLS answers our EHLO, not an injected command.
+    assert!(
+        c.cmd("EHLO client.test")
+            .await
+            .starts_with("250-relay.test")
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "503 5.5.1 Need MAIL command"
+    );
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+#[tokio::test]
+async fn starttls_is_refused_where_not_configured() {
+    let relay = start(SMALL).await;
+    let mut c = Client::ready(relay.addr).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(c.cmd("STARTTLS").await, "454 4.7.0 TLS not available");
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+#[tokio::test]
+async fn implicit_tls_listener() {
+    let cert = test_cert();
+    let mut relay = start_listener(
+        &format!("{SMALL}{TLS_KEYS}"),
+        ROUTED,
+        0,
+        listener(TlsMode::Implicit, None),
+    )
+    .await;
+    let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    let mut c = Client::over(tls_connect(Box::new(tcp), &cert.der).await);
+    assert_eq!(c.reply().await, "220 relay.test ESMTP authrelay");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    let reply = c
+        .message("alice@contoso.com", &["bob@example.org"], b"hi\r\n.\r\n")
+        .await;
+    let id = queued_id(&reply).to_string();
+    assert_eq!(relay.envelope().await.id, id);
+    let message = relay.spool.read_message(&id).await.expect("message");
+    assert!(String::from_utf8_lossy(&message).contains(" with ESMTPS id "));
+
+    // A client that does not speak TLS gets nothing and is closed.
+    let (mut plain, _) = (
+        Client::over(Box::new(
+            TcpStream::connect(relay.addr).await.expect("connect"),
+        )),
+        (),
+    );
+    plain.send(b"EHLO client.test\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.reader.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(!String::from_utf8_lossy(&rest).contains("250"), "{rest:?}");
+}
+
+#[tokio::test]
+async fn reloaded_certificate_applies_to_new_sessions() {
+    let old = test_cert();
+    let relay = start_listener(
+        &format!("{SMALL}{TLS_KEYS}"),
+        ROUTED,
+        0,
+        listener(TlsMode::Implicit, None),
+    )
+    .await;
+    let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    let mut c = Client::over(tls_connect(Box::new(tcp), &old.der).await);
+    assert!(c.reply().await.starts_with("220 "));
+
+    let renewed = TestCert::new();
+    let text = format!("{SMALL}{}", renewed.install(relay.dir.path(), "renewed"));
+    relay
+        .settings
+        .send_replace(Settings::new(config(relay.dir.path(), &text, ROUTED)));
+    let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    let mut c2 = Client::over(tls_connect(Box::new(tcp), &renewed.der).await);
+    assert!(c2.reply().await.starts_with("220 "));
+    // The session that started before the reload goes on.
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 Ok");
+}
+
+#[tokio::test]
+async fn per_client_session_limit() {
+    let relay = start(&format!("{SMALL}max_sessions_per_client = 2\n")).await;
+    let _a = Client::ready(relay.addr).await;
+    let mut b = Client::ready(relay.addr).await;
+    let (mut c, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(
+        greeting,
+        "421 4.7.0 Too many connections from your address, try again later"
+    );
+    assert!(c.closed().await);
+    assert_eq!(b.cmd("QUIT").await, "221 2.0.0 Bye");
+    assert!(b.closed().await);
+    let (_d, greeting) = Client::connect(relay.addr).await;
+    assert_eq!(greeting, "220 relay.test ESMTP authrelay");
+}
+
+#[tokio::test]
+async fn per_client_message_rate() {
+    let mut relay = start(&format!("{SMALL}max_messages_per_client_per_minute = 2\n")).await;
+    let mut c = Client::ready(relay.addr).await;
+    for _ in 0..2 {
+        let reply = c
+            .message("alice@contoso.com", &["bob@example.org"], b"x\r\n.\r\n")
+            .await;
+        queued_id(&reply);
+        relay.envelope().await;
+    }
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "451 4.7.1 Too many messages, slow down"
+    );
+    // The limit is per address, not per session.
+    let mut other = Client::ready(relay.addr).await;
+    assert_eq!(
+        other.cmd("MAIL FROM:<alice@contoso.com>").await,
+        "451 4.7.1 Too many messages, slow down"
+    );
+    // Refused MAILs did not start a transaction.
+    assert_eq!(
+        other.cmd("RCPT TO:<bob@example.org>").await,
+        "503 5.5.1 Need MAIL command"
+    );
+}
+
+#[tokio::test]
+async fn session_lifetime_is_capped() {
+    let relay = start(&format!("{SMALL}max_session_duration = \"400ms\"\n")).await;
+    let mut c = Client::ready(relay.addr).await;
+    // Busy, never idle for long, yet the session ends.
+    let start = std::time::Instant::now();
+    loop {
+        let reply = c.cmd("NOOP").await;
+        if reply.starts_with("421 ") {
+            assert_eq!(reply, "421 4.4.2 relay.test Error: session lasted too long");
+            break;
+        }
+        assert_eq!(reply, "250 2.0.0 Ok");
+        assert!(start.elapsed() < WAIT, "session never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(c.closed().await);
+}
+
+/// Whether `program` is on the PATH; tests that need it say so when it is not.
+fn installed(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        eprintln!("SKIPPED: {program} not installed");
+    }
+    found
+}
+
+/// Runs a client program to completion (bounded by [`WAIT`] times three) without blocking
+/// the runtime the server runs on.
+async fn run_client(program: &str, args: &[String], stdin: &[u8]) -> std::process::Output {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn client");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    tokio::time::timeout(WAIT * 3, child.wait_with_output())
+        .await
+        .expect("client finished in time")
+        .expect("client output")
+}
+
+#[tokio::test]
+async fn swaks_starttls_and_auth_login() {
+    if !installed("swaks") {
+        return;
+    }
+    let mut relay = start_auth(
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
+        listener(TlsMode::Starttls, None),
+    )
+    .await;
+    let args: Vec<String> = [
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &relay.addr.port().to_string(),
+        "--helo",
+        "swaks.test",
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "app02",
+        "--auth-password",
+        "pw-two",
+        "--from",
+        "cron@app02.internal",
+        "--to",
+        "bob@example.org",
+        "--header",
+        "Subject: from swaks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_client("swaks", &args, b"").await;
+    assert!(
+        out.status.success(),
+        "swaks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = relay.envelope().await;
+    assert_eq!(env.tenant, "contoso");
+    assert_eq!(env.mail_from, "cron@app02.internal");
+    let message = relay.spool.read_message(&env.id).await.expect("message");
+    let text = String::from_utf8_lossy(&message);
+    assert!(text.contains(" with ESMTPSA id "), "{text}");
+    assert!(text.contains("Subject: from swaks"), "{text}");
+}
+
+#[tokio::test]
+async fn msmtp_implicit_tls_and_auth_plain() {
+    if !installed("msmtp") {
+        return;
+    }
+    let mut relay = start_auth(
+        &format!("auth = \"required\"\n{TLS_KEYS}"),
+        listener(TlsMode::Implicit, None),
+    )
+    .await;
+    let args: Vec<String> = [
+        "--host=127.0.0.1".to_string(),
+        format!("--port={}", relay.addr.port()),
+        "--domain=msmtp.test".into(),
+        "--tls=on".into(),
+        "--tls-starttls=off".into(),
+        format!(
+            "--tls-trust-file={}",
+            relay.dir.path().join("relay.crt").display()
+        ),
+        "--tls-host-override=localhost".into(),
+        "--auth=plain".into(),
+        "--user=app01".into(),
+        "--passwordeval=echo pw-one".into(),
+        "--from=alice@contoso.com".into(),
+        "bob@example.org".into(),
+    ]
+    .to_vec();
+    let out = run_client(
+        "msmtp",
+        &args,
+        b"Subject: from msmtp\n\n.leading dot\nbody\n",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "msmtp failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = relay.envelope().await;
+    // app01's tenant, not the sender's.
+    assert_eq!(env.tenant, "fabrikam");
+    let message = relay.spool.read_message(&env.id).await.expect("message");
+    let text = String::from_utf8_lossy(&message);
+    assert!(text.contains(" with ESMTPSA id "), "{text}");
+    assert!(text.contains("\n.leading dot\r\nbody"), "{text:?}");
 }
