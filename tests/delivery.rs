@@ -36,31 +36,6 @@ async fn wait_bounce(fake: &FakeMicrosoft) -> Delivered {
         .expect("bounce")
 }
 
-async fn status(relay: &Relay) -> serde_json::Value {
-    let (_, body) = relay.get("/status").await;
-    serde_json::from_str(&body).expect("status JSON")
-}
-
-async fn wait_status(
-    relay: &Relay,
-    what: &str,
-    cond: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(relay).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}: {s}\n{}",
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn send_msg(to: &str, subject: &str) -> String {
     message(SENDER, to, subject)
 }
@@ -145,7 +120,9 @@ async fn a_rejected_token_is_refreshed_once_then_deferred_with_an_alert_never_bo
         .await;
     assert_eq!(r.code, 250);
     relay.wait_log("refreshing it once", WAIT).await;
-    let s = wait_status(&relay, "an alert", |s| !s["tenants"][0]["alert"].is_null()).await;
+    let s = relay
+        .wait_status("an alert", |s| !s["tenants"][0]["alert"].is_null())
+        .await;
     assert_eq!(s["tenants"][0]["verified"], "Not Verified", "{s}");
     assert!(fake.token_requests() >= 2, "one refresh after the 535");
     assert!(fake.delivered().is_empty());
@@ -168,12 +145,13 @@ async fn smtp_auth_disabled_defers_and_alerts_loudly() {
             &send_msg("a@example.org", "disabled"),
         )
         .await;
-    let s = wait_status(&relay, "an alert", |s| {
-        s["tenants"][0]["alert"]
-            .as_str()
-            .is_some_and(|a| a.contains("SMTP AUTH is disabled"))
-    })
-    .await;
+    let s = relay
+        .wait_status("an alert", |s| {
+            s["tenants"][0]["alert"]
+                .as_str()
+                .is_some_and(|a| a.contains("SMTP AUTH is disabled"))
+        })
+        .await;
     assert_eq!(s["queue"]["messages"], 1, "{s}");
     relay.wait_log("SMTP AUTH is disabled", WAIT).await;
     fake.set_smtp_fault(SmtpFault::None);
@@ -205,10 +183,11 @@ async fn throttling_quota_and_blocked_sender_pause_the_mailbox() {
                 &send_msg("a@example.org", "paced"),
             )
             .await;
-        let s = wait_status(&relay, "a paused mailbox", |s| {
-            !s["tenants"][0]["paused_until"].is_null()
-        })
-        .await;
+        let s = relay
+            .wait_status("a paused mailbox", |s| {
+                !s["tenants"][0]["paused_until"].is_null()
+            })
+            .await;
         assert!(
             s["tenants"][0]["paused_reason"]
                 .as_str()

@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::relay::{Options, Relay, TenantSpec, message};
 use support::{FakeMicrosoft, SmtpClient, SmtpFault};
@@ -147,29 +147,14 @@ async fn readiness_follows_the_token() {
     let relay = Relay::start(&fake, &[t], Options::default()).await;
     let (code, _) = relay.get("/healthz").await;
     assert_eq!(code, 200);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, body) = relay.get("/readyz").await;
-        if code == 503 && body.contains("wrong_secret") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "readyz: {code} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay
+        .wait_get("/readyz", |code, body| {
+            code == 503 && body.contains("wrong_secret")
+        })
+        .await;
     fake.set_token_fault(support::TokenFault::None);
     relay.signal("HUP");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, body) = relay.get("/readyz").await;
-        if code == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never recovered: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay.wait_get("/readyz", |code, _| code == 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,16 +371,11 @@ async fn status_page_in_headless_chromium() {
         }
     };
     // Wait until contoso has a token, so its row reads Verified.
-    let deadline = Instant::now() + WAIT;
-    while !relay
-        .get("/status")
-        .await
-        .1
-        .contains("\"verified\":\"Verified\"")
-    {
-        assert!(Instant::now() < deadline, "contoso never verified");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay
+        .wait_get("/status", |_, body| {
+            body.contains("\"verified\":\"Verified\"")
+        })
+        .await;
     let page = dump(format!("http://localhost:{}/", relay.admin.port())).await;
     assert!(
         page.contains("relay@contoso.com") && page.contains("relay@fabrikam.com"),

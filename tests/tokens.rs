@@ -70,32 +70,6 @@ fn token_file(relay: &Relay, tenant: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json")
 }
 
-async fn status(relay: &Relay) -> serde_json::Value {
-    let (code, body) = relay.get("/status").await;
-    assert_eq!(code, 200);
-    serde_json::from_str(&body).expect("status JSON")
-}
-
-async fn wait_status(
-    relay: &Relay,
-    what: &str,
-    cond: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(relay).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}: {s}\n{}",
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_code_from_the_status_page_then_mail_flows() {
     let fake = FakeMicrosoft::start().await;
@@ -112,10 +86,11 @@ async fn authorization_code_from_the_status_page_then_mail_flows() {
         )
         .await;
     assert_eq!(r.code, 250);
-    let s = wait_status(&relay, "needs sign-in", |s| {
-        s["tenants"][0]["verified"] == "Not Verified"
-    })
-    .await;
+    let s = relay
+        .wait_status("needs sign-in", |s| {
+            s["tenants"][0]["verified"] == "Not Verified"
+        })
+        .await;
     assert!(s["tenants"][0]["delegated"] == true, "{s}");
     let (_, page) = relay.get("/").await;
     assert!(
@@ -131,10 +106,9 @@ async fn authorization_code_from_the_status_page_then_mail_flows() {
 
     let got = fake.wait_delivered(1, WAIT).await;
     assert_eq!(got[0].user, "relay@contoso.com");
-    wait_status(&relay, "Verified", |s| {
-        s["tenants"][0]["verified"] == "Verified"
-    })
-    .await;
+    relay
+        .wait_status("Verified", |s| s["tenants"][0]["verified"] == "Verified")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,10 +270,11 @@ async fn token_endpoint_down_keeps_mail_queued_until_it_returns() {
         )
         .await;
     assert_eq!(r.code, 250);
-    let s = wait_status(&relay, "unreachable", |s| {
-        s["tenants"][0]["token_error_kind"] == "unreachable"
-    })
-    .await;
+    let s = relay
+        .wait_status("unreachable", |s| {
+            s["tenants"][0]["token_error_kind"] == "unreachable"
+        })
+        .await;
     assert_eq!(s["queue"]["messages"], 1, "{s}");
     let (code, _) = relay.get("/readyz").await;
     assert_eq!(code, 503);
@@ -327,10 +302,11 @@ async fn an_expired_secret_is_shown_and_nothing_is_lost() {
             .await;
         assert_eq!(r.code, 250);
     }
-    let s = wait_status(&relay, "secret expired", |s| {
-        s["tenants"][0]["token_error_kind"] == "secret_expired"
-    })
-    .await;
+    let s = relay
+        .wait_status("secret expired", |s| {
+            s["tenants"][0]["token_error_kind"] == "secret_expired"
+        })
+        .await;
     let t = &s["tenants"][0];
     assert_eq!(t["verified"], "Not Verified", "{s}");
     assert!(

@@ -236,21 +236,7 @@ fn plain(status: StatusCode, text: String) -> Response {
         .into_response()
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use super::page::escape;
 
 #[cfg(test)]
 mod tests {

@@ -126,12 +126,11 @@ pub async fn client_credentials(
     http: &reqwest::Client,
     tenant: &Tenant,
 ) -> Result<Granted, GrantError> {
-    let mut form = vec![
+    let form = vec![
         ("grant_type", "client_credentials".to_string()),
         ("scope", tenant.effective_scope()),
     ];
-    client_auth(tenant, &mut form)?;
-    post(http, &tenant.endpoint("token"), &form).await
+    token_request(http, tenant, form).await
 }
 
 pub async fn refresh_token(
@@ -139,13 +138,12 @@ pub async fn refresh_token(
     tenant: &Tenant,
     refresh: &Secret,
 ) -> Result<Granted, GrantError> {
-    let mut form = vec![
+    let form = vec![
         ("grant_type", "refresh_token".to_string()),
         ("refresh_token", refresh.expose().to_string()),
         ("scope", tenant.effective_scope()),
     ];
-    client_auth(tenant, &mut form)?;
-    post(http, &tenant.endpoint("token"), &form).await
+    token_request(http, tenant, form).await
 }
 
 pub async fn authorization_code(
@@ -155,15 +153,14 @@ pub async fn authorization_code(
     verifier: &str,
     redirect_uri: &str,
 ) -> Result<Granted, GrantError> {
-    let mut form = vec![
+    let form = vec![
         ("grant_type", "authorization_code".to_string()),
         ("code", code.to_string()),
         ("code_verifier", verifier.to_string()),
         ("redirect_uri", redirect_uri.to_string()),
         ("scope", tenant.effective_scope()),
     ];
-    client_auth(tenant, &mut form)?;
-    post(http, &tenant.endpoint("token"), &form).await
+    token_request(http, tenant, form).await
 }
 
 /// What `/devicecode` returns: show `message` (or the URI and code) to the person.
@@ -191,23 +188,9 @@ pub async fn device_code_start(
         ("client_id", tenant.client_id.clone()),
         ("scope", tenant.effective_scope()),
     ];
-    let resp = http
-        .post(tenant.endpoint("devicecode"))
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| GrantError::Unreachable(describe(&e)))?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| GrantError::Unreachable(describe(&e)))?;
-    if status.is_success() {
-        serde_json::from_slice(&body)
-            .map_err(|e| GrantError::Refused(format!("unreadable device code response: {e}")))
-    } else {
-        Err(classify(status, &body))
-    }
+    let body = send_form(http, &tenant.endpoint("devicecode"), &form).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| GrantError::Refused(format!("unreadable device code response: {e}")))
 }
 
 pub async fn device_code_poll(
@@ -215,22 +198,41 @@ pub async fn device_code_poll(
     tenant: &Tenant,
     device_code: &str,
 ) -> Result<Granted, GrantError> {
-    let mut form = vec![
+    let form = vec![
         (
             "grant_type",
             "urn:ietf:params:oauth:grant-type:device_code".to_string(),
         ),
         ("device_code", device_code.to_string()),
     ];
-    client_auth(tenant, &mut form)?;
-    post(http, &tenant.endpoint("token"), &form).await
+    token_request(http, tenant, form).await
 }
 
-async fn post(
+/// A grant at the token endpoint, with the app's own authentication added.
+async fn token_request(
+    http: &reqwest::Client,
+    tenant: &Tenant,
+    mut form: Vec<(&'static str, String)>,
+) -> Result<Granted, GrantError> {
+    client_auth(tenant, &mut form)?;
+    let body = send_form(http, &tenant.endpoint("token"), &form).await?;
+    let t: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|e| GrantError::Refused(format!("unreadable token response: {e}")))?;
+    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600).max(1));
+    Ok(Granted {
+        access_token: Secret(t.access_token),
+        expires_at: SystemTime::now() + lifetime,
+        lifetime,
+        refresh_token: t.refresh_token.map(Secret),
+    })
+}
+
+/// Posts a form; a success status gives the body, anything else is classified.
+async fn send_form(
     http: &reqwest::Client,
     url: &str,
     form: &[(&'static str, String)],
-) -> Result<Granted, GrantError> {
+) -> Result<Vec<u8>, GrantError> {
     let resp = http
         .post(url)
         .form(form)
@@ -242,18 +244,11 @@ async fn post(
         .bytes()
         .await
         .map_err(|e| GrantError::Unreachable(describe(&e)))?;
-    if !status.is_success() {
-        return Err(classify(status, &body));
+    if status.is_success() {
+        Ok(body.to_vec())
+    } else {
+        Err(classify(status, &body))
     }
-    let t: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|e| GrantError::Refused(format!("unreadable token response: {e}")))?;
-    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600).max(1));
-    Ok(Granted {
-        access_token: Secret(t.access_token),
-        expires_at: SystemTime::now() + lifetime,
-        lifetime,
-        refresh_token: t.refresh_token.map(Secret),
-    })
 }
 
 /// reqwest errors mention the URL, which is fine (it holds no secret), and their source chain.

@@ -360,6 +360,53 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// The `/status` JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Polls `/status` (bounded) until `cond` holds; returns that status.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status().await;
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}: {s}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls a GET on the admin listener (bounded) until `cond(status, body)` holds.
+    pub async fn wait_get(&self, path: &str, cond: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body) = self.get(path).await;
+            if cond(code, &body) {
+                return (code, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path}: {code} {body}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         self.kill();
