@@ -36,18 +36,25 @@ const MAX_TEXT: usize = 300;
 /// One HTTP client per tenant: it carries the tenant's trust roots (`tls_ca_file`, the same
 /// roots SMTP trusts) and timeout, and keeps its connections to Graph open between messages.
 #[derive(Default)]
-pub(super) struct Clients(Mutex<HashMap<String, (Option<PathBuf>, Duration, Client)>>);
+pub(super) struct Clients(Mutex<HashMap<String, Cached>>);
+
+/// A client and the settings it was built with (a reload may change them).
+struct Cached {
+    ca_file: Option<PathBuf>,
+    timeout: Duration,
+    client: Client,
+}
 
 impl Clients {
     fn get(&self, tenant: &Tenant) -> Result<Client, String> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((ca, timeout, client)) = map.get(&tenant.name) {
-            if *ca == tenant.tls_ca_file && *timeout == tenant.upstream_timeout {
-                return Ok(client.clone());
+        if let Some(c) = map.get(&tenant.name) {
+            if c.ca_file == tenant.tls_ca_file && c.timeout == tenant.upstream_timeout {
+                return Ok(c.client.clone());
             }
         }
-        let mut tls = super::tls::client_config(tenant.tls_ca_file.as_deref())
-            .map_err(|e| e.to_string())?;
+        let mut tls =
+            super::tls::client_config(tenant.tls_ca_file.as_deref()).map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = Client::builder()
             .use_preconfigured_tls(tls)
@@ -59,11 +66,11 @@ impl Clients {
             .map_err(|e| format!("HTTP client for Graph: {e}"))?;
         map.insert(
             tenant.name.clone(),
-            (
-                tenant.tls_ca_file.clone(),
-                tenant.upstream_timeout,
-                client.clone(),
-            ),
+            Cached {
+                ca_file: tenant.tls_ca_file.clone(),
+                timeout: tenant.upstream_timeout,
+                client: client.clone(),
+            },
         );
         Ok(client)
     }
@@ -158,11 +165,9 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
-            let at = time::OffsetDateTime::parse(
-                value,
-                &time::format_description::well_known::Rfc2822,
-            )
-            .ok()?;
+            let at =
+                time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822)
+                    .ok()?;
             let secs = (at - time::OffsetDateTime::now_utc()).whole_seconds();
             Duration::from_secs(secs.max(0) as u64)
         }
@@ -438,11 +443,13 @@ pub async fn verify(out: &Outbound, tenant: &Tenant) -> Result<Option<String>, S
     let mut url = users_url(&tenant.graph_endpoint, &tenant.mailbox, None)?;
     url.query_pairs_mut().append_pair("$select", "mail");
     let client = out.graph.get(tenant)?;
-    let reply = call(out, tenant, |token| client.get(url.clone()).bearer_auth(token))
-        .await
-        .map_err(|e| match e {
-            CallError::Token(_, why) | CallError::Network(why) => why,
-        })?;
+    let reply = call(out, tenant, |token| {
+        client.get(url.clone()).bearer_auth(token)
+    })
+    .await
+    .map_err(|e| match e {
+        CallError::Token(_, why) | CallError::Network(why) => why,
+    })?;
     if reply.status == 200 {
         record(out, tenant, &reply, Verdict::Delivered);
         return Ok(None);
@@ -457,7 +464,10 @@ pub async fn verify(out: &Outbound, tenant: &Tenant) -> Result<Option<String>, S
     record(out, tenant, &reply, verdict);
     Err(match reply.status {
         401 => format!("Graph refused the token: {reply}"),
-        404 => format!("Graph does not know the mailbox {}: {reply}", tenant.mailbox),
+        404 => format!(
+            "Graph does not know the mailbox {}: {reply}",
+            tenant.mailbox
+        ),
         _ => reply.to_string(),
     })
 }
@@ -557,7 +567,10 @@ mod tests {
             "HTTP 429 ApplicationThrottled (Retry-After 5 s)"
         );
         let (code, message) = error_of(b"<html>\r\n  Bad   gateway </html>");
-        assert_eq!((code.as_str(), message.as_str()), ("", "<html> Bad gateway </html>"));
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("", "<html> Bad gateway </html>")
+        );
         let (_, long) = error_of("x ".repeat(1000).as_bytes());
         assert!(long.len() < MAX_TEXT + 4 && long.ends_with("..."), "{long}");
     }
@@ -594,7 +607,10 @@ mod tests {
             msg,
             &["ops@example.org", "boss@example.org", "audit@example.org"],
         );
-        assert!(out.starts_with("Bcc: <audit@example.org>\r\nFrom: a@x.test\r\n"), "{out}");
+        assert!(
+            out.starts_with("Bcc: <audit@example.org>\r\nFrom: a@x.test\r\n"),
+            "{out}"
+        );
         assert!(out.ends_with(msg));
         assert!(strangers.is_empty(), "{strangers:?}");
 
@@ -628,7 +644,11 @@ mod tests {
     fn the_send_mail_url() {
         let u = |e: &str, m: &str, a| users_url(e, m, a).expect("url").to_string();
         assert_eq!(
-            u("https://graph.microsoft.com", "relay@contoso.com", Some("sendMail")),
+            u(
+                "https://graph.microsoft.com",
+                "relay@contoso.com",
+                Some("sendMail")
+            ),
             "https://graph.microsoft.com/v1.0/users/relay@contoso.com/sendMail"
         );
         assert_eq!(
