@@ -32,6 +32,8 @@ pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How much of an error body we keep when it is not Graph's JSON.
 const MAX_TEXT: usize = 300;
+/// How much of a reply body we read.
+const MAX_BODY: usize = 64 * 1024;
 
 /// One HTTP client per tenant: it carries the tenant's trust roots (`tls_ca_file`, the same
 /// roots SMTP trusts) and timeout, and keeps its connections to Graph open between messages.
@@ -88,7 +90,7 @@ struct GraphReply {
 }
 
 impl GraphReply {
-    async fn read(resp: reqwest::Response) -> GraphReply {
+    async fn read(mut resp: reqwest::Response) -> GraphReply {
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -100,7 +102,14 @@ impl GraphReply {
             .get("request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp.bytes().await.unwrap_or_default();
+        // Graph's error bodies are small; a proxy's page need not be, and only its start is kept.
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= MAX_BODY {
+                break;
+            }
+        }
         let (code, message) = error_of(&body);
         if !(200..300).contains(&status) {
             // Microsoft support asks for the request id; the attempt line has the rest.
