@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{AuthFlow, Config, Tenant, format_time};
+use crate::config::{AuthFlow, Config, Tenant, Transport, format_time};
 use crate::metrics::Metrics;
 use crate::oauth::{TokenManager, authorize, device};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, graph};
 use crate::queue::{Envelope, RcptStatus, Spool, SpoolError, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +55,21 @@ pub async fn verify(config: &Config, only: Option<&str>) -> Result<ExitCode, Cli
     })
 }
 
-/// Token plus EHLO/STARTTLS/AUTH XOAUTH2/QUIT: everything a delivery does but the message.
+/// A token, then for SMTP EHLO/STARTTLS/AUTH XOAUTH2/QUIT (everything a delivery does but
+/// the message), for Graph an authorized read of the mailbox (which cannot prove Mail.Send
+/// without sending; a note on stderr says what was left unchecked).
 pub async fn verify_tenant(outbound: &Outbound, tenant: &Tenant) -> Result<(), String> {
-    let up = outbound.connect(tenant).await.map_err(|(_, why)| why)?;
-    up.quit().await;
+    match tenant.transport {
+        Transport::Smtp => {
+            let up = outbound.connect(tenant).await.map_err(|(_, why)| why)?;
+            up.quit().await;
+        }
+        Transport::Graph => {
+            if let Some(note) = graph::verify(outbound, tenant).await? {
+                eprintln!("{}: note: {note}", tenant.name);
+            }
+        }
+    }
     Ok(())
 }
 

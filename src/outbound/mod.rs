@@ -1,8 +1,12 @@
 //! Outbound: delivering one queued message to Exchange Online and saying what happened to
 //! each recipient. The scheduler in `queue` decides when; this module decides nothing about
 //! retries, it only reports.
+//!
+//! Each tenant picks its transport: SMTP AUTH with XOAUTH2 (`smtp`, below and in `smtp.rs`)
+//! or Microsoft Graph `sendMail` (`graph.rs`). Both report the same [`Attempt`].
 
 pub mod classify;
+pub mod graph;
 pub mod smtp;
 pub mod tls;
 
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_rustls::TlsConnector;
 
-use crate::config::Tenant;
+use crate::config::{Tenant, Transport};
 use crate::oauth::TokenManager;
 use classify::{Reply, Verdict, classify};
 use smtp::{ConnectError, Target, TransactionResult, Upstream};
@@ -85,6 +89,7 @@ pub struct Outbound {
     pub tokens: Arc<TokenManager>,
     pub hostname: String,
     connectors: Mutex<HashMap<String, (Option<std::path::PathBuf>, TlsConnector)>>,
+    graph: graph::Clients,
     health: Mutex<HashMap<String, UpstreamHealth>>,
 }
 
@@ -94,6 +99,7 @@ impl Outbound {
             tokens,
             hostname,
             connectors: Mutex::new(HashMap::new()),
+            graph: graph::Clients::default(),
             health: Mutex::new(HashMap::new()),
         }
     }
@@ -195,8 +201,9 @@ impl Outbound {
         }
     }
 
-    /// Delivers `body` (already rewritten) to the recipients, reusing `conn` when it holds a
-    /// live connection and leaving one there when the connection is still good afterwards.
+    /// Delivers `body` (already rewritten) to the recipients over the tenant's transport.
+    /// Over SMTP, reuses `conn` when it holds a live connection and leaves one there when the
+    /// connection is still good afterwards; Graph needs no connection of ours.
     pub async fn deliver(
         &self,
         tenant: &Tenant,
@@ -206,6 +213,42 @@ impl Outbound {
         body: &[u8],
     ) -> Attempt {
         let started = Instant::now();
+        let (attempt, upstream) = match tenant.transport {
+            Transport::Smtp => (
+                self.deliver_smtp(tenant, conn, mail_from, recipients, body)
+                    .await,
+                "Exchange",
+            ),
+            // Graph takes the sender from the From header; the envelope sender has no place.
+            Transport::Graph => (
+                graph::deliver(self, tenant, recipients, body).await,
+                "Graph",
+            ),
+        };
+        if attempt
+            .recipients
+            .iter()
+            .any(|r| r.fate == RcptFate::Delivered)
+        {
+            self.set_health(&tenant.name, |h| h.last_delivery = Some(SystemTime::now()));
+        }
+        if attempt.verdict.mailbox_pause().is_some() {
+            self.set_health(&tenant.name, |h| {
+                h.alert = Some(format!("mailbox paused by {upstream}: {}", attempt.summary))
+            });
+        }
+        tracing::debug!(tenant = %tenant.name, elapsed = ?started.elapsed(), "attempt finished");
+        attempt
+    }
+
+    async fn deliver_smtp(
+        &self,
+        tenant: &Tenant,
+        conn: &mut Option<Upstream>,
+        mail_from: &str,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Attempt {
         if conn.is_none() {
             match self.connect(tenant).await {
                 Ok(up) => *conn = Some(up),
@@ -252,18 +295,6 @@ impl Outbound {
                 )
             }
         };
-        if attempt
-            .recipients
-            .iter()
-            .any(|r| r.fate == RcptFate::Delivered)
-        {
-            self.set_health(&tenant.name, |h| h.last_delivery = Some(SystemTime::now()));
-        }
-        if attempt.verdict.mailbox_pause().is_some() {
-            self.set_health(&tenant.name, |h| {
-                h.alert = Some(format!("mailbox paused by Exchange: {}", attempt.summary))
-            });
-        }
         // After a reply that pauses the mailbox, or a connection-level refusal, start afresh.
         if attempt.verdict.mailbox_pause().is_some()
             || matches!(
@@ -275,7 +306,6 @@ impl Outbound {
                 up.quit().await;
             }
         }
-        tracing::debug!(tenant = %tenant.name, elapsed = ?started.elapsed(), "attempt finished");
         attempt
     }
 }

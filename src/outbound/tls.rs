@@ -39,6 +39,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A connector trusting the base roots and, if given, the certificates in `ca_file`.
 pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    Ok(TlsConnector::from(Arc::new(client_config(ca_file)?)))
+}
+
+/// The client configuration behind [`connector`], also used for HTTPS to Microsoft Graph so
+/// that both transports trust the same roots.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = base_roots().clone();
     if let Some(path) = ca_file {
         let err = |reason: String| TlsError::CaFile {
@@ -56,10 +62,9 @@ pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
             roots.add(cert).map_err(|e| err(e.to_string()))?;
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+        .with_no_client_auth())
 }

@@ -172,6 +172,11 @@ pub enum GraphFault {
     Unauthorized,
     /// 403 `ErrorAccessDenied`.
     Forbidden,
+    /// 400 with this Graph error code and message (e.g. `ErrorMimeContentInvalid`).
+    BadRequest {
+        code: String,
+        message: String,
+    },
 }
 
 /// What the simulated user does when asked to sign in and consent.

@@ -152,6 +152,7 @@ fn send_mail_in(s: &mut Dir, mailbox: &str, headers: &HeaderMap, body: &[u8]) ->
             return unauthorized("Access token validation failure.");
         }
         GraphFault::Forbidden => return access_denied(),
+        GraphFault::BadRequest { code, message } => return graph_error(400, &code, &message),
     }
     let Caller {
         mailbox: user,
