@@ -35,6 +35,13 @@ pub enum TokenError {
     NotAuthorized(String),
     #[error("token store: {0}")]
     Store(#[from] store::StoreError),
+    /// The last request failed moments ago; the refresh loop retries after a back-off.
+    #[error("{text} (retrying with back-off)")]
+    Backoff {
+        kind: &'static str,
+        text: String,
+        transient: bool,
+    },
 }
 
 impl TokenError {
@@ -43,6 +50,7 @@ impl TokenError {
             TokenError::Grant(g) => g.is_transient(),
             TokenError::NotAuthorized(_) => false,
             TokenError::Store(_) => true,
+            TokenError::Backoff { transient, .. } => *transient,
         }
     }
 
@@ -51,6 +59,7 @@ impl TokenError {
             TokenError::Grant(g) => g.kind(),
             TokenError::NotAuthorized(_) => "needs_sign_in",
             TokenError::Store(_) => "token_store",
+            TokenError::Backoff { kind, .. } => kind,
         }
     }
 }
@@ -203,12 +212,27 @@ impl TokenManager {
     ) -> Result<Secret, TokenError> {
         let _guard = slot.fetch.lock().await;
         // Someone else may have renewed while we waited for the lock.
-        let current = slot
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .token
-            .clone();
+        let (current, backoff) = {
+            let st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            let backoff = st
+                .retry_at
+                .filter(|at| *at > SystemTime::now())
+                .and(st.error.clone());
+            (st.token.clone(), backoff)
+        };
+        // A delivery asking during the back-off after a failed request gets that failure
+        // again instead of a new request: a full queue must not hammer Entra ID in an outage.
+        if force.is_none() {
+            if let Some(e) = backoff {
+                if current.as_ref().is_none_or(|t| !still_good(t)) {
+                    return Err(TokenError::Backoff {
+                        kind: e.kind,
+                        text: e.text,
+                        transient: e.transient,
+                    });
+                }
+            }
+        }
         if let Some(t) = &current {
             let replaced = match &force {
                 None => still_good(t),
@@ -261,7 +285,7 @@ impl TokenManager {
             Err(e) => {
                 self.metrics.refresh(&tenant.name, false);
                 st.failures = st.failures.saturating_add(1);
-                st.retry_at = Some(SystemTime::now() + retry_delay(st.failures));
+                st.retry_at = Some(SystemTime::now() + retry_delay(st.failures, e.is_transient()));
                 let info = TokenErrorInfo {
                     kind: e.kind(),
                     text: e.to_string(),
@@ -423,12 +447,15 @@ fn still_good(t: &StoredToken) -> bool {
     t.expires() > SystemTime::now() + margin
 }
 
-/// Back-off for failed token requests: 2 s doubling to 5 minutes, with ±20 % jitter so many
-/// relays behind one outage don't return in step.
-fn retry_delay(failures: u32) -> Duration {
+/// Back-off for failed token requests: 2 s doubling to a minute while the endpoint is
+/// unreachable (it will come back by itself), to 5 minutes when Entra refused (a person
+/// must act, and a reload retries at once), with ±20 % jitter so many relays behind one
+/// outage don't return in step.
+fn retry_delay(failures: u32, transient: bool) -> Duration {
+    let cap = Duration::from_secs(if transient { 60 } else { 300 });
     let base = Duration::from_secs(2)
         .saturating_mul(1u32 << failures.saturating_sub(1).min(8))
-        .min(Duration::from_secs(300));
+        .min(cap);
     let jitter = rand::thread_rng().gen_range(0.8..1.2);
     base.mul_f64(jitter)
 }
@@ -455,8 +482,9 @@ mod tests {
 
     #[test]
     fn retry_delay_grows_and_caps() {
-        assert!(retry_delay(1) <= Duration::from_millis(2400));
-        assert!(retry_delay(4) >= Duration::from_millis(12800));
-        assert!(retry_delay(40) <= Duration::from_secs(360));
+        assert!(retry_delay(1, true) <= Duration::from_millis(2400));
+        assert!(retry_delay(4, false) >= Duration::from_millis(12800));
+        assert!(retry_delay(40, false) <= Duration::from_secs(360));
+        assert!(retry_delay(40, true) <= Duration::from_secs(72));
     }
 }
