@@ -4,7 +4,7 @@
 //! one more `.` put in front, and a line holding only `.` ends the message. [`Unstuffer`]
 //! undoes that as a state machine over arbitrary chunks, so a `\r\n.\r\n` split across two
 //! reads is still found and the message never has to sit in memory: each chunk of the read
-//! buffer is unstuffed into a buffer of at most the same size and written to the spool file.
+//! buffer is unstuffed into a buffer of about the same size and written to the spool file.
 //!
 //! Being liberal in what we accept: local apps written on Unix often end lines with a bare LF,
 //! so `\n.\n` (and the mixed forms) end the message too. The body is stored as received
@@ -34,13 +34,13 @@ enum State {
 
 /// Undoes dot-stuffing and finds the end of the content, across chunk boundaries.
 #[derive(Debug)]
-pub(super) struct Unstuffer {
+pub struct Unstuffer {
     state: State,
 }
 
 /// What [`Unstuffer::feed`] found in one chunk.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Feed {
+pub enum Feed {
     /// No terminator yet; the whole chunk was used.
     More,
     /// The terminator ends after this many bytes of the chunk; the rest is the next command.
@@ -58,7 +58,9 @@ impl Default for Unstuffer {
 }
 
 impl Unstuffer {
-    /// Appends the unstuffed content of `input` to `out` (never more bytes than `input`).
+    /// Appends the unstuffed content of `input` to `out`: never more bytes than `input`, plus
+    /// at most the one CR held back from the previous chunk (a line-start `.` CR that turned
+    /// out not to be the terminator).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Feed {
         let mut rest = input;
         while let Some((&b, tail)) = rest.split_first() {

@@ -38,6 +38,7 @@ mod tls;
 
 pub use crate::config::ListenerOptions;
 pub use auth::hash_password;
+pub use data::{Feed, Unstuffer};
 pub use limits::ClientLimits;
 pub use listener::SessionCount;
 pub use tls::TlsCache;
@@ -75,6 +76,23 @@ pub async fn serve(
     drain: std::time::Duration,
 ) {
     listener::serve(listener, options, ctx, shutdown, drain).await;
+}
+
+/// Runs one SMTP session over any byte stream, as if `peer` had connected to a plain listener
+/// with `options`: the same state machine, limits and spool as a listener's sessions, without
+/// the allowlist and the session count (the caller decides who gets here). For tests and
+/// fuzzing over an in-memory pipe such as `tokio::io::duplex`; returns when the session ends.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: std::net::IpAddr,
+    options: ListenerOptions,
+    ctx: Arc<Context>,
+    shutdown: crate::shutdown::Shutdown,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let options = Arc::new(options);
+    session::serve_stream(Box::new(stream), peer, false, options, ctx, shutdown, None).await;
 }
 
 /// A cheap Argon2 hash for tests elsewhere in the crate.

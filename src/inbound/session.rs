@@ -70,10 +70,11 @@ pub(super) async fn run(
         Box::new(stream)
     };
     let tls = listener.tls == TlsMode::Implicit;
-    serve_stream(stream, peer, tls, listener, ctx, shutdown, guard).await;
+    serve_stream(stream, peer, tls, listener, ctx, shutdown, Some(guard)).await;
 }
 
 /// Serves a connection that is ready for the greeting; `tls` says whether it is encrypted.
+/// `guard` is the session's place in the session count (none for an in-memory session).
 pub(super) async fn serve_stream(
     stream: BoxStream,
     peer: IpAddr,
@@ -81,14 +82,14 @@ pub(super) async fn serve_stream(
     listener: Arc<ListenerOptions>,
     ctx: Arc<Context>,
     shutdown: Shutdown,
-    guard: SessionGuard,
+    guard: Option<SessionGuard>,
 ) {
     let settings = ctx.settings.borrow().clone();
     let smtp = &settings.config.smtp;
     let conn = Conn::new(stream, smtp.command_timeout);
     let deadline = Instant::now() + smtp.max_session_duration;
     let mut session = Session {
-        guard: Some(guard),
+        guard,
         conn,
         ctx,
         settings,

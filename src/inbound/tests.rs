@@ -911,7 +911,7 @@ async fn session_from(
         Arc::new(options),
         relay.ctx.clone(),
         shutdown,
-        guard,
+        Some(guard),
     ));
     let mut c = Client::over(Box::new(client));
     assert_eq!(c.reply().await, "220 relay.test ESMTP authrelay");
