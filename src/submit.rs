@@ -108,6 +108,22 @@ pub async fn submit(
         c.cmd(&format!("RCPT TO:<{r}>"), 250).await?;
     }
     c.cmd("DATA", 354).await?;
+    c.stream.get_mut().write_all(&dot_stuff(message)).await?;
+    let (code, text) = c.reply().await?;
+    let _ = c.cmd("QUIT", 221).await;
+    if code != 250 {
+        return Err(SubmitError::Refused {
+            command: "DATA".into(),
+            reply: text,
+        });
+    }
+    Ok(text)
+}
+
+/// DATA content as [`submit`] sends it: every line ended with CRLF (LF and CRLF input alike,
+/// and a last line without one gets one), a `.` put before each line that starts with `.`,
+/// then the terminating `.` line.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(message.len() + 64);
     for line in message.split_inclusive(|&b| b == b'\n') {
         let line = line
@@ -121,14 +137,5 @@ pub async fn submit(
         data.extend_from_slice(b"\r\n");
     }
     data.extend_from_slice(b".\r\n");
-    c.stream.get_mut().write_all(&data).await?;
-    let (code, text) = c.reply().await?;
-    let _ = c.cmd("QUIT", 221).await;
-    if code != 250 {
-        return Err(SubmitError::Refused {
-            command: "DATA".into(),
-            reply: text,
-        });
-    }
-    Ok(text)
+    data
 }
