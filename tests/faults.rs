@@ -531,6 +531,47 @@ async fn token_outage_then_expired_secret_keeps_mail_queued_and_says_why() {
     assert_eq!(code, 200, "{ready}");
 }
 
+/// With a production-like queue back-off (a minute, then longer), mail deferred only because
+/// there was no token must not sit out that back-off once the token endpoint is back: the
+/// token refresh loop gets a token on its own (no operator action) and delivery resumes at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_out_as_soon_as_a_token_can_be_had_again() {
+    let fake = FakeMicrosoft::start().await;
+    fake.set_token_fault(TokenFault::Unavailable);
+    let t = fast_tenant(&fake);
+    let relay = Relay::start(
+        &fake,
+        &[t],
+        Options {
+            queue: "retry_initial = \"60s\"\nretry_max = \"30m\"",
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let r = relay
+            .send(FROM, &[TO], &message(FROM, TO, &format!("resume {i}")))
+            .await;
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let deadline = Instant::now() + WAIT;
+    while deferrals(&relay.logs()).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", relay.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every message now waits about a minute for its next attempt.
+    let fixed = Instant::now();
+    fake.set_token_fault(TokenFault::None);
+    let got = fake.wait_delivered(3, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 3);
+    eprintln!(
+        "delivered {:?} after the token endpoint came back",
+        fixed.elapsed()
+    );
+    relay.wait_queued(0, WAIT).await;
+}
+
 // ----- disk full ---------------------------------------------------------------------------------
 
 /// A tmpfs mounted on a directory for the length of a test; unmounted (lazily, since the

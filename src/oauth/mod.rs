@@ -112,6 +112,8 @@ pub struct TokenManager {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     metrics: Arc<Metrics>,
     wake: tokio::sync::Notify,
+    /// Names of tenants that hold a usable token again after a failure (see [`Self::recoveries`]).
+    recovered: tokio::sync::broadcast::Sender<String>,
     /// Authorization code sign-ins started from the admin listener and not yet finished.
     pub authorizations: authorize::Pending,
 }
@@ -138,8 +140,16 @@ impl TokenManager {
             slots: Mutex::new(HashMap::new()),
             metrics,
             wake: tokio::sync::Notify::new(),
+            recovered: tokio::sync::broadcast::channel(64).0,
             authorizations: authorize::Pending::new(),
         })
+    }
+
+    /// Tells of each tenant whose token requests failed and that holds a usable token again
+    /// (the endpoint is back, a new secret was loaded, someone signed in), so that mail
+    /// deferred for want of a token can go at once instead of sitting out its back-off.
+    pub fn recoveries(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.recovered.subscribe()
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -272,6 +282,7 @@ impl TokenManager {
                 self.metrics.refresh(&tenant.name, true);
                 if st.error.is_some() {
                     tracing::info!(tenant = %tenant.name, "token endpoint works again");
+                    let _ = self.recovered.send(tenant.name.clone());
                 }
                 tracing::debug!(tenant = %tenant.name, expires_in = ?granted.lifetime, "token renewed");
                 let secret = token.access();
@@ -349,6 +360,9 @@ impl TokenManager {
             .get_or_create(&Metrics::tenant(&tenant.name))
             .set((token.expires_at_ms / 1000) as i64);
         let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.error.is_some() {
+            let _ = self.recovered.send(tenant.name.clone());
+        }
         st.token = Some(token);
         st.loaded = true;
         st.error = None;

@@ -52,6 +52,8 @@ impl Delivery {
         mut shutdown: Shutdown,
     ) {
         self.recover();
+        let mut recoveries = self.outbound.tokens.recoveries();
+        let mut recoveries_open = true;
         let mut settings = self.settings.clone();
         let mut workers: HashMap<(String, usize), JoinHandle<()>> = HashMap::new();
         loop {
@@ -77,6 +79,19 @@ impl Delivery {
                     None => break,
                 },
                 r = settings.changed() => if r.is_err() { break },
+                r = recoveries.recv(), if recoveries_open => match r {
+                    Ok(tenant) => {
+                        tracing::info!(tenant = %tenant, "a token is available again; sending deferred mail now");
+                        self.scheduler.retry_tenant(&tenant);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for t in &current.config.tenants {
+                            self.scheduler.retry_tenant(&t.name);
+                        }
+                    }
+                    // The token manager outlives delivery; nothing more will come.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => recoveries_open = false,
+                },
                 _ = shutdown.recv() => break,
             }
         }

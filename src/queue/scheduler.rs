@@ -182,6 +182,22 @@ impl Scheduler {
         self.notify.notify_waiters();
     }
 
+    /// Makes every deferred message of one tenant due now, leaving any pause in place: what
+    /// kept them back (no token) is gone, but Exchange's throttling still holds.
+    pub fn retry_tenant(&self, tenant: &str) {
+        let mut inner = self.lock();
+        let Some(q) = inner.tenants.get_mut(tenant) else {
+            return;
+        };
+        let due: Vec<_> = std::mem::take(&mut q.deferred)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        q.ready.extend(due);
+        drop(inner);
+        self.notify.notify_waiters();
+    }
+
     /// Whether the scheduler knows the message (queued or in flight).
     pub fn contains(&self, id: &str) -> bool {
         self.lock().entries.contains_key(id)
