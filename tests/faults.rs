@@ -12,7 +12,7 @@
 //!   `452`, never a false `250`, no half-written queue entries, recovery when space returns.
 //!
 //! Every wait is bounded. Sizes are kept small enough for CI; `scripts/faults` runs the
-//! burst with the full 2,000 messages (`AUTHRELAY_FAULTS_MESSAGES`, `_CLIENTS`, `_KILLS`).
+//! burst with the full 2,000 messages (`FAULTS_MESSAGES`, `_CLIENTS`, `_KILLS`).
 
 mod support;
 
@@ -261,9 +261,9 @@ fn message_ids(delivered: &[Delivered]) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_no_acknowledged_message() {
-    let total = env_usize("AUTHRELAY_FAULTS_MESSAGES", 400);
-    let clients = env_usize("AUTHRELAY_FAULTS_CLIENTS", 6);
-    let kills = env_usize("AUTHRELAY_FAULTS_KILLS", 1);
+    let total = env_usize("FAULTS_MESSAGES", 400);
+    let clients = env_usize("FAULTS_CLIENTS", 6);
+    let kills = env_usize("FAULTS_KILLS", 1);
     // Delivery workers: the most messages that can be in flight upstream at a kill.
     let workers = 3;
     let started = Instant::now();
@@ -352,6 +352,9 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_message() {
         unacked_delivered <= clients * kills,
         "{unacked_delivered} delivered without a 250: more than the {clients} clients had in flight"
     );
+    if let Ok(path) = std::env::var("FAULTS_LOG") {
+        let _ = std::fs::write(path, relay.logs());
+    }
     eprintln!(
         "{total} messages, {clients} clients, {kills} kill(s): {} acknowledged attempts, {} in doubt, \
          {} refused, {} delivered, {duplicates} duplicate(s), {unacked_delivered} delivered without 250, {:?}",
