@@ -776,3 +776,27 @@ async fn a_nearly_full_disk_is_refused_at_mail_and_taken_again_when_space_return
     assert_eq!(subjects(&got), vec!["room again", "roomy"]);
     wait_spool_empty(&relay).await;
 }
+
+// ----- what goes up the wire ---------------------------------------------------------------------
+
+/// The body Exchange receives is the body the app sent, its dots included: the stuffing on
+/// the way up must undo exactly on the other side, also next to bare CRs (old Mac-style
+/// text), which go up as line breaks like bare LFs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_reach_exchange_unchanged_whatever_their_dots_and_carriage_returns() {
+    let fake = FakeMicrosoft::start().await;
+    let relay = Relay::start(&fake, &[fast_tenant(&fake)], Options::default()).await;
+    let body = "line one\r\n.starts with a dot\r\n..two dots\r\nmac\r.dot after a bare CR\r\nend\r.\r\n.\r.\r\nlast\r\n";
+    let m = format!("From: <{FROM}>\r\nTo: <{TO}>\r\nSubject: dots\r\n\r\n{body}");
+    let r = relay.send(FROM, &[TO], &m).await;
+    assert_eq!(r.code, 250, "{r}");
+    let got = fake.wait_delivered(1, WAIT).await;
+    let data = got[0].data_str();
+    let received = data.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // A bare CR is a line break on the way out (as a bare LF is): never an extra dot.
+    let expected = body
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\n', "\r\n");
+    assert_eq!(received, expected);
+}

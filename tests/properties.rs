@@ -5,7 +5,7 @@
 //!   back out of the inbound [`Unstuffer`] unchanged, however the bytes are split into reads,
 //!   and the end of the content is found exactly where the terminator ends;
 //! - the rewrite: whatever the headers look like, the output parses, has exactly one From
-//!   whose address is the one we send as, uses CRLF throughout, keeps every header line we
+//!   whose address is the one we send as, uses CRLF throughout (no bare CR or LF), keeps every header line we
 //!   write within 998 octets, and leaves the body of a multipart/signed message untouched.
 //!
 //! These are library-level (no TCP) and the case counts are modest, so the whole file runs in
@@ -367,6 +367,9 @@ fn check_output(input: &[u8], rules: &Rules<'_>) -> Result<Vec<u8>, TestCaseErro
     for (i, &b) in out.iter().enumerate() {
         if b == b'\n' {
             prop_assert!(i > 0 && out[i - 1] == b'\r', "bare LF at {i}");
+        }
+        if b == b'\r' {
+            prop_assert!(out.get(i + 1) == Some(&b'\n'), "bare CR at {i}");
         }
     }
     let sep = find(out, b"\r\n\r\n");

@@ -37,8 +37,13 @@ pub(crate) fn line_at(input: &[u8], pos: usize, end: usize) -> (usize, usize) {
     }
 }
 
-/// Appends `input[start..end]` with every bare LF turned into CRLF (a CR or CRLF is copied as
-/// it is). `end` is clamped to the input.
+/// Appends `input[start..end]` with every bare LF and every bare CR turned into CRLF (CRLF is
+/// copied as it is). `end` is clamped to the input.
+///
+/// Bare CRs go too because no one agrees on them: a receiver that takes CR for a line break
+/// would read a CR `.` CRLF as the end of the data, and mail-send, to prevent that, stuffs a
+/// dot after every bare CR, which a receiver that keeps to RFC 5321 (Exchange, the fake) then
+/// keeps as an extra dot in the message.
 pub(crate) fn push_range(out: &mut Vec<u8>, input: &[u8], start: usize, end: usize) {
     let end = end.min(input.len());
     if start >= end {
@@ -46,13 +51,16 @@ pub(crate) fn push_range(out: &mut Vec<u8>, input: &[u8], start: usize, end: usi
     }
     let mut from = start;
     for (i, &b) in input[start..end].iter().enumerate() {
-        if b == b'\n' {
-            let at = start + i;
-            if at == 0 || input[at - 1] != b'\r' {
-                out.extend_from_slice(&input[from..at]);
-                out.extend_from_slice(b"\r\n");
-                from = at + 1;
-            }
+        let at = start + i;
+        let bare = match b {
+            b'\n' => at == 0 || input[at - 1] != b'\r',
+            b'\r' => input.get(at + 1) != Some(&b'\n'),
+            _ => false,
+        };
+        if bare {
+            out.extend_from_slice(&input[from..at]);
+            out.extend_from_slice(b"\r\n");
+            from = at + 1;
         }
     }
     out.extend_from_slice(&input[from..end]);

@@ -11,7 +11,8 @@
 //!   `Message-ID` when missing;
 //! - appends the signature to the first text/plain part and the first text/html part, never
 //!   touching the body of a signed or encrypted message;
-//! - writes CRLF line endings throughout, and always exactly one `From`.
+//! - writes CRLF line endings throughout (a bare CR or LF becomes CRLF), and always exactly
+//!   one `From`.
 //!
 //! Choices made here (see the tests for each):
 //!
