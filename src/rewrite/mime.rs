@@ -534,7 +534,8 @@ fn find_param(value: &[u8], name: &[u8]) -> Option<Range<usize>> {
                 _ => break,
             }
         }
-        i
+        // An escape as the value's last byte steps one past its end.
+        i.min(n)
     };
     let skip_quoted = |mut i: usize| -> usize {
         // `value[i]` is the opening quote.

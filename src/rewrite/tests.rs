@@ -1266,3 +1266,19 @@ fn fuzz_header_grammar_keeps_exactly_one_from() {
         configs[round % 2].run(&raw);
     }
 }
+
+#[test]
+fn a_parameter_list_ending_in_an_escape_inside_a_comment_does_not_panic() {
+    // Found by the rewrite fuzz target: a backslash as the very last byte of an unclosed
+    // comment made the Content-Type parameter scanner step past the end of the value, and
+    // the rewrite panicked (in a delivery worker, on every attempt).
+    for raw in [
+        &b"From: a@b.c\r\nContent-Type: text/plain; (\\"[..],
+        b"From: a@b.c\r\nContent-Type: text/plain; (x\\",
+        b"From: a@b.c\r\nContent-Type: text/plain;(\\",
+        b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; (c\\",
+    ] {
+        let out = Config::signature("S\u{e9}").run(raw);
+        assert!(out.message.ends_with(b"\r\n"));
+    }
+}
