@@ -494,12 +494,11 @@ fn relabelled_content_type(input: &[u8], fields: &[Field], info: &Info) -> Optio
         }
         None => return None,
     }
-    let mut field_bytes = Vec::with_capacity(new_value.len() + 16);
-    field_bytes.extend_from_slice(input.get(field.name.clone())?);
-    field_bytes.push(b':');
-    field_bytes.extend_from_slice(&new_value);
-    let mut out = Vec::with_capacity(field_bytes.len() + 4);
-    header::push_header_lines(&mut out, &field_bytes);
+    // Written as a field we make: folded so that no line passes 998 octets, even when the
+    // client's line was that long already.
+    let name = std::str::from_utf8(input.get(field.name.clone())?).ok()?;
+    let mut out = Vec::with_capacity(new_value.len() + name.len() + 8);
+    header::push_refolded(&mut out, name, &new_value);
     Some(out)
 }
 

@@ -1282,3 +1282,20 @@ fn a_parameter_list_ending_in_an_escape_inside_a_comment_does_not_panic() {
         assert!(out.message.ends_with(b"\r\n"));
     }
 }
+
+#[test]
+fn a_relabelled_content_type_is_folded_within_998_octets() {
+    // Found by the rewrite fuzz target: giving a long Content-Type a charset made its
+    // first line longer still, past the 998 octets a line may have.
+    let long = format!(
+        "From: a@b.c\r\nContent-Type: text/plain; x-note={}\r\n\r\nhello\r\n",
+        "n".repeat(990)
+    );
+    let out = Config::signature("S\u{e9}").run(long.as_bytes());
+    let text = String::from_utf8_lossy(&out.message).into_owned();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    assert!(head.contains("charset=utf-8"), "{head}");
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "a header line of {} octets", line.len());
+    }
+}
