@@ -62,9 +62,16 @@ fn parse_content_type(raw_value: &[u8]) -> Option<ContentType> {
     buf.extend_from_slice(b"\r\n");
     let message = mail_parser::MessageParser::default().parse_headers(&buf)?;
     let ct = mail_parser::MimeHeaders::content_type(&message)?;
+    // mail-parser runs the subtype on to the next `;`: `multipart/signed protocol=...`
+    // (the `;` forgotten) gives "signed protocol=...". Readers stop at the token's end.
+    let subtype = ct.subtype().unwrap_or_default();
+    let subtype = subtype
+        .split(|c: char| c.is_whitespace() || c.is_control() || "()<>@,;:\\\"/[]?=".contains(c))
+        .next()
+        .unwrap_or_default();
     Some((
         ct.ctype().to_ascii_lowercase(),
-        ct.subtype().unwrap_or_default().to_ascii_lowercase(),
+        subtype.to_ascii_lowercase(),
         ct.attributes()
             .unwrap_or_default()
             .iter()

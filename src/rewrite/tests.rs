@@ -1299,3 +1299,22 @@ fn a_relabelled_content_type_is_folded_within_998_octets() {
         assert!(line.len() <= 998, "a header line of {} octets", line.len());
     }
 }
+
+#[test]
+fn a_signed_type_missing_its_semicolon_is_still_left_alone() {
+    // Found by the rewrite fuzz target: `multipart/signed protocol=...` (no `;` after the
+    // subtype) read as subtype "signed protocol=..." and so as a plain multipart, whose text
+    // part got the signature, breaking the signature the message carries. Readers take the
+    // subtype as the token before the blank.
+    for ct in [
+        "multipart/signed protocol=\"application/pkcs7-signature\"; boundary=x",
+        "multipart/encrypted protocol=\"application/pgp-encrypted\"; boundary=x",
+        "multipart/signed\tprotocol=x; boundary=x",
+    ] {
+        let raw = format!(
+            "From: a@b.c\r\nContent-Type: {ct}\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--x--\r\n"
+        );
+        let out = Config::signature("SIG").run(raw.as_bytes());
+        assert_eq!(body(&out), body_of(raw.as_bytes()), "{ct}");
+    }
+}
