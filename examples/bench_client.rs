@@ -79,7 +79,8 @@ async fn session(
     let ehlo = c.ehlo("app01.internal").await?;
     anyhow::ensure!(ehlo.code == 250, "EHLO: {ehlo}");
     if let Some((user, password)) = &args.auth {
-        let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         let reply = c.command(&format!("AUTH PLAIN {plain}")).await?;
         anyhow::ensure!(reply.code == 235, "AUTH: {reply}");
     }
