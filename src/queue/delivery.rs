@@ -199,7 +199,7 @@ impl Delivery {
         };
         let recipients: Vec<String> = env.pending().map(|r| r.address.clone()).collect();
         if recipients.is_empty() {
-            self.complete(&mut env, &raw, tenant, settings).await;
+            self.complete(&mut env, tenant).await;
             return;
         }
         let out = rewrite::rewrite(
@@ -215,6 +215,9 @@ impl Delivery {
                 now: SystemTime::now(),
             },
         );
+        // Only the rewritten copy goes out: holding the original too would double the memory
+        // a large message takes while it is sent. A bounce reads the original again.
+        drop(raw);
         let started = Instant::now();
         let attempt = self
             .outbound
@@ -224,7 +227,7 @@ impl Delivery {
         let elapsed = started.elapsed();
         env.attempts += 1;
         self.log_attempt(&env, tenant, &attempt, elapsed);
-        self.apply(&mut env, &attempt, &raw, tenant, settings).await;
+        self.apply(&mut env, &attempt, tenant, settings).await;
     }
 
     fn log_attempt(&self, env: &Envelope, tenant: &Tenant, attempt: &Attempt, elapsed: Duration) {
@@ -255,7 +258,6 @@ impl Delivery {
         &self,
         env: &mut Envelope,
         attempt: &Attempt,
-        raw: &[u8],
         tenant: &Tenant,
         settings: &Settings,
     ) {
@@ -310,7 +312,7 @@ impl Delivery {
             }
         }
         if !failed_now.is_empty() {
-            self.bounce(env, &failed_now, raw, tenant, settings).await;
+            self.bounce(env, &failed_now, tenant, settings).await;
         }
         if env.pending().next().is_some() {
             let mut delay = retry_delay(&settings.config.queue, env.attempts);
@@ -326,17 +328,11 @@ impl Delivery {
                 .defer(&env.id, &tenant.name, Instant::now() + delay, pending);
             return;
         }
-        self.complete(env, raw, tenant, settings).await;
+        self.complete(env, tenant).await;
     }
 
     /// Every recipient has an answer: remove the message, or keep it as failed for the operator.
-    async fn complete(
-        &self,
-        env: &mut Envelope,
-        _raw: &[u8],
-        tenant: &Tenant,
-        _settings: &Settings,
-    ) {
+    async fn complete(&self, env: &mut Envelope, tenant: &Tenant) {
         let any_failed = env
             .recipients
             .iter()
@@ -387,7 +383,6 @@ impl Delivery {
         &self,
         env: &Envelope,
         failures: &[RcptOutcome],
-        raw: &[u8],
         tenant: &Tenant,
         settings: &Settings,
     ) {
@@ -399,6 +394,14 @@ impl Delivery {
             tracing::warn!(queue_id = %env.id, tenant = %tenant.name, "no bounce for a message with a null sender");
             return;
         }
+        // The body is still in the spool (it goes only once every recipient has an answer).
+        let raw = match self.spool.read_message(&env.id).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::warn!(queue_id = %env.id, error = %e, "bounce without the original message: cannot read it");
+                Vec::new()
+            }
+        };
         let to = tenant
             .bounce_to
             .clone()
@@ -421,7 +424,7 @@ impl Delivery {
             arrival: SystemTime::UNIX_EPOCH + Duration::from_secs(env.received_at),
             original_envelope_from: &env.mail_from,
             failures: &failures,
-            original: raw,
+            original: &raw,
             now: SystemTime::now(),
         });
         let mut bounce = Envelope::new(&tenant.name, "", std::slice::from_ref(&to), "localhost");

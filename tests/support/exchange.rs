@@ -170,9 +170,13 @@ impl Session {
     }
 
     async fn reply(&mut self, text: &str) -> io::Result<()> {
+        // One write: the text and its CRLF written separately go out as two segments (two TLS
+        // records), and Nagle holds the second until the client's delayed ACK, 40 ms later.
+        let mut line = Vec::with_capacity(text.len() + 2);
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
         let w = self.io.get_mut();
-        w.write_all(text.as_bytes()).await?;
-        w.write_all(b"\r\n").await?;
+        w.write_all(&line).await?;
         w.flush().await
     }
 
