@@ -587,7 +587,14 @@ fn find_param(value: &[u8], name: &[u8]) -> Option<Range<usize>> {
             }
         }
         if this_name.eq_ignore_ascii_case(name) {
-            return Some(value_start..i.min(n));
+            // An empty value at the end of the field: here, not past the line break that
+            // skipping whitespace took us over.
+            let end = value
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |p| p + 1);
+            let start = value_start.min(end);
+            return Some(start..i.min(n).clamp(start, end));
         }
     }
 }

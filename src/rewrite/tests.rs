@@ -1318,3 +1318,33 @@ fn a_signed_type_missing_its_semicolon_is_still_left_alone() {
         assert_eq!(body(&out), body_of(raw.as_bytes()), "{ct}");
     }
 }
+
+#[test]
+fn an_empty_charset_at_a_line_end_is_relabelled_in_place() {
+    // Found by the rewrite fuzz target: for `charset=` with nothing after it, the value was
+    // looked for past the line break, `utf-8` was put on a line of its own, and that line
+    // (neither a field nor a continuation) ended the header section for any reader: the
+    // From we write after it became body text.
+    for ct in [
+        "text/plain; charset=",
+        "text/plain; charset=  ",
+        "text/plain; charset=\"\"",
+    ] {
+        let raw = format!("From: a@b.c\r\nContent-Type: {ct}\r\n\r\nhello\r\n");
+        let out = Config::signature("S\u{e9}").run(raw.as_bytes());
+        let text = String::from_utf8_lossy(&out.message).into_owned();
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        for line in head.split("\r\n") {
+            let continuation = line.starts_with([' ', '\t']);
+            let field = line
+                .split_once(':')
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()));
+            assert!(
+                continuation || field,
+                "{ct}: stray header line {line:?} in\n{head}"
+            );
+        }
+        assert_eq!(values(&out, "From").len(), 1, "{ct}:\n{head}");
+        assert!(head.contains("charset=utf-8"), "{ct}:\n{head}");
+    }
+}
