@@ -43,9 +43,11 @@ fn send_msg(to: &str, subject: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_sender_bounces_with_a_dsn_and_stays_visible_as_failed() {
     let (fake, relay) = setup().await;
-    fake.set_smtp_fault(SmtpFault::MailReply(
-        "550 5.7.60 SMTP; Client does not have permissions to send as this sender".into(),
-    ));
+    // One refusal: the bounce that follows must get through.
+    fake.push_smtp_replies(
+        SmtpStage::Mail,
+        ["550 5.7.60 SMTP; Client does not have permissions to send as this sender"],
+    );
     let r = relay
         .send(
             SENDER,
@@ -55,8 +57,6 @@ async fn a_refused_sender_bounces_with_a_dsn_and_stays_visible_as_failed() {
         .await;
     assert_eq!(r.code, 250);
     relay.wait_log("refused permanently", WAIT).await;
-    // The bounce itself is refused too while the fault holds; lift it so the DSN goes out.
-    fake.set_smtp_fault(SmtpFault::None);
     let dsn = wait_bounce(&fake).await;
     assert_eq!(dsn.rcpt_to, vec![SENDER]);
     let text = dsn.data_str();

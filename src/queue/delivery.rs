@@ -173,7 +173,7 @@ impl Delivery {
         job: Job,
         conn: &mut Option<Upstream>,
     ) {
-        let id = job.id;
+        let id = job.id.clone();
         let mut env = match self.spool.load(&id).await {
             Ok(e) => e,
             Err(e) => {
@@ -223,6 +223,7 @@ impl Delivery {
             .outbound
             .deliver(tenant, conn, &out.envelope_from, &recipients, &out.message)
             .await;
+        self.scheduler.settle(&tenant.name, &job);
         drop(out);
         let elapsed = started.elapsed();
         env.attempts += 1;

@@ -84,6 +84,15 @@ impl Pacer {
         self.recipients_today += rcpts;
     }
 
+    /// Re-times a send counted at `counted` to `done`, keeping the window sorted.
+    pub fn settle(&mut self, counted: Instant, done: Instant) {
+        if let Some(pos) = self.sent.iter().position(|t| *t == counted) {
+            self.sent.remove(pos);
+            let at = self.sent.partition_point(|t| *t <= done);
+            self.sent.insert(at, done);
+        }
+    }
+
     pub fn recipients_today(&self) -> u32 {
         self.recipients_today
     }
@@ -106,6 +115,21 @@ mod tests {
         assert_eq!(p.wait_for(now, 1), Some(t0 + Duration::from_secs(60)));
         // One slot frees when the first send leaves the window.
         assert_eq!(p.wait_for(t0 + Duration::from_secs(60), 1), None);
+    }
+
+    #[test]
+    fn settling_moves_a_send_to_when_it_was_done() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(2, Duration::from_secs(10), 10_000);
+        p.record(t0, 1);
+        p.record(t0 + Duration::from_secs(1), 1);
+        // The first took 5 s to reach the upstream: the window frees at 15 s, not 10 s.
+        p.settle(t0, t0 + Duration::from_secs(5));
+        assert_eq!(
+            p.wait_for(t0 + Duration::from_secs(10), 1),
+            Some(t0 + Duration::from_secs(11))
+        );
+        assert_eq!(p.wait_for(t0 + Duration::from_secs(11), 1), None);
     }
 
     #[test]

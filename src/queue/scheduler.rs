@@ -46,6 +46,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: String,
+    /// When the pacer counted this message; see [`Scheduler::settle`].
+    pub counted_at: Instant,
 }
 
 pub struct Scheduler {
@@ -257,7 +259,10 @@ impl Scheduler {
                                     pacer.record(now, rcpts);
                                     q.ready.pop_front();
                                     in_flight.insert(id.clone());
-                                    return Job { id };
+                                    return Job {
+                                        id,
+                                        counted_at: now,
+                                    };
                                 }
                                 Some(t) => wake_at = Some(wake_at.map_or(t, |w| w.min(t))),
                             }
@@ -275,6 +280,16 @@ impl Scheduler {
                 }
                 None => notified.await,
             }
+        }
+    }
+
+    /// Moves the pacer's count for this job from when it was handed out to now, when the
+    /// upstream has answered: Exchange counts a message when it accepts it, and a slow
+    /// connect would otherwise let our window slide ahead of Exchange's.
+    pub fn settle(&self, tenant: &str, job: &Job) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.tenants.get_mut(tenant).and_then(|q| q.pacer.as_mut()) {
+            p.settle(job.counted_at, Instant::now());
         }
     }
 
