@@ -54,6 +54,9 @@ async fn metrics_after_traffic() {
         )
         .await;
     relay.wait_log("refused permanently", WAIT).await;
+    // The bounce goes out through the same tenant: 3 messages plus the DSN.
+    fake.wait_delivered(4, WAIT).await;
+    relay.wait_queued(1, WAIT).await;
 
     let (code, text) = relay.get("/metrics").await;
     assert_eq!(code, 200);
@@ -65,7 +68,7 @@ async fn metrics_after_traffic() {
     );
     assert_eq!(
         metric(&text, &format!("authrelay_messages_delivered_total{t}")),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     assert_eq!(
