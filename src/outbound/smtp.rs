@@ -114,6 +114,10 @@ impl Upstream {
             .connect()
             .await
             .map_err(|e| ConnectError::from_mail_send(&addr, e))?;
+        // mail-send writes a DATA body and its final dot separately; with Nagle on, the dot
+        // waits for the server's delayed ACK (40 ms on Linux, more on other systems) every
+        // message. Each command is written whole, so there is nothing for Nagle to gather.
+        let _ = client.stream.get_ref().0.set_nodelay(true);
         let payload = STANDARD.encode(format!(
             "user={}\x01auth=Bearer {}\x01\x01",
             target.mailbox,
