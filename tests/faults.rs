@@ -50,13 +50,7 @@ fn fast_tenant(fake: &FakeMicrosoft) -> TenantSpec {
 
 /// The value of the first header field `name` in a message.
 fn header(data: &str, name: &str) -> Option<String> {
-    let head = data.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n").find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
+    support::header(data, name).into_iter().next()
 }
 
 fn subjects(delivered: &[Delivered]) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::relay::{Options, Relay, TenantSpec, message};
-use support::{Delivered, FakeMicrosoft, GraphFault, TokenFault, Via};
+use support::{Delivered, FakeMicrosoft, GraphFault, TokenFault, Via, header};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -21,18 +21,6 @@ async fn setup(extra: &str, send_as: &[&str]) -> (FakeMicrosoft, Relay) {
     t.register(&fake, send_as);
     let relay = Relay::start(&fake, &[t], Options::default()).await;
     (fake, relay)
-}
-
-fn header<'a>(data: &'a str, name: &str) -> Vec<&'a str> {
-    let head = data.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n")
-        .filter(|l| {
-            l.len() > name.len()
-                && l[..name.len()].eq_ignore_ascii_case(name)
-                && l.as_bytes()[name.len()] == b':'
-        })
-        .map(|l| l[name.len() + 1..].trim())
-        .collect()
 }
 
 /// The message with every run of whitespace (folds included) made one space.

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::relay::{Options, Relay, TenantSpec, message};
-use support::{FakeMicrosoft, SmtpClient};
+use support::{FakeMicrosoft, SmtpClient, header};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -16,18 +16,6 @@ async fn setup(opts: Options<'_>) -> (FakeMicrosoft, Relay) {
     t.register(&fake, &[]);
     let relay = Relay::start(&fake, &[t], opts).await;
     (fake, relay)
-}
-
-fn header<'a>(data: &'a str, name: &str) -> Vec<&'a str> {
-    let head = data.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n")
-        .filter(|l| {
-            l.len() > name.len()
-                && l[..name.len()].eq_ignore_ascii_case(name)
-                && l.as_bytes()[name.len()] == b':'
-        })
-        .map(|l| l[name.len() + 1..].trim())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

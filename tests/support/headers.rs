@@ -42,6 +42,16 @@ pub(crate) fn fields(block: &[u8]) -> Vec<(String, String)> {
     out
 }
 
+/// The unfolded values of every header field `name` (case-insensitive), in order: what the
+/// tests read back from a delivered message.
+pub fn header(data: &str, name: &str) -> Vec<String> {
+    fields(header_block_or_all(data.as_bytes()))
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// All addresses in the fields named (case-insensitively) any of `names`, in order.
 pub(crate) fn addresses(block: &[u8], names: &[&str]) -> Vec<String> {
     fields(block)

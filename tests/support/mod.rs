@@ -36,6 +36,7 @@ pub use directory::{
     App, Audience, Consent, Delivered, GraphFault, SmtpCommand, SmtpFault, SmtpStage, TokenFault,
     Via,
 };
+pub use headers::header;
 pub use smtp_client::{Reply, SmtpClient};
 pub use test_keys::{TestCertificate, app_certificate};
 
