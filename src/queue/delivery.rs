@@ -320,13 +320,7 @@ impl Delivery {
             if let Some(p) = attempt.verdict.mailbox_pause() {
                 delay = delay.max(p);
             }
-            env.next_attempt = unix_now() + delay.as_secs();
-            let pending = env.pending().count() as u32;
-            if let Err(e) = self.spool.update(env).await {
-                tracing::error!(queue_id = %env.id, error = %e, "cannot record delivery state");
-            }
-            self.scheduler
-                .defer(&env.id, &tenant.name, Instant::now() + delay, pending);
+            self.defer(env, tenant, delay).await;
             return;
         }
         self.complete(env, tenant).await;
@@ -369,14 +363,18 @@ impl Delivery {
         env.attempts += 1;
         env.last_error = Some(why.to_string());
         let delay = retry_delay(&settings.config.queue, env.attempts);
+        self.defer(env, tenant, delay).await;
+    }
+
+    /// Records the next attempt on disk, then puts the message back on the schedule.
+    async fn defer(&self, env: &mut Envelope, tenant: &Tenant, delay: Duration) {
         env.next_attempt = unix_now() + delay.as_secs();
-        let _ = self.spool.update(env).await;
-        self.scheduler.defer(
-            &env.id,
-            &tenant.name,
-            Instant::now() + delay,
-            env.pending().count() as u32,
-        );
+        if let Err(e) = self.spool.update(env).await {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot record delivery state");
+        }
+        let pending = env.pending().count() as u32;
+        self.scheduler
+            .defer(&env.id, &tenant.name, Instant::now() + delay, pending);
     }
 
     /// Tells the sender (or the tenant's `bounce_to`) what could not be delivered.
