@@ -335,11 +335,7 @@ fn network_error(e: &reqwest::Error, timeout: Duration) -> String {
 /// proves token and permission, a refusal of either needs an operator.
 fn record(out: &Outbound, tenant: &Tenant, reply: &GraphReply, verdict: Verdict) {
     match verdict {
-        Verdict::Delivered => out.set_health(&tenant.name, |h| {
-            h.verified = Some(true);
-            h.reason = None;
-            h.alert = None;
-        }),
+        Verdict::Delivered => out.mark_verified(&tenant.name),
         Verdict::AuthRejected => {
             let mailbox = &tenant.mailbox;
             let alert = match reply.status {
@@ -349,13 +345,7 @@ fn record(out: &Outbound, tenant: &Tenant, reply: &GraphReply, verdict: Verdict)
                     "Graph denied access to {mailbox}: {reply} (check the Mail.Send permission, its admin consent, and any application access policy)"
                 ),
             };
-            tracing::error!(tenant = %tenant.name, reply = %reply, "{alert}");
-            let text = reply.to_string();
-            out.set_health(&tenant.name, |h| {
-                h.verified = Some(false);
-                h.reason = Some(text);
-                h.alert = Some(alert);
-            });
+            out.mark_refused(&tenant.name, reply.to_string(), alert);
         }
         _ => {}
     }

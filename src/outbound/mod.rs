@@ -130,6 +130,26 @@ impl Outbound {
         f(map.entry(tenant.to_string()).or_default());
     }
 
+    /// The upstream accepted our credentials: the tenant is Verified and any alert is over.
+    fn mark_verified(&self, tenant: &str) {
+        self.set_health(tenant, |h| {
+            h.verified = Some(true);
+            h.reason = None;
+            h.alert = None;
+        });
+    }
+
+    /// The upstream refused our credentials or setup: an operator must act, so say it loudly
+    /// in the log and on `/status`.
+    fn mark_refused(&self, tenant: &str, reason: String, alert: String) {
+        tracing::error!(tenant = %tenant, reply = %reason, "{alert}");
+        self.set_health(tenant, |h| {
+            h.verified = Some(false);
+            h.reason = Some(reason);
+            h.alert = Some(alert);
+        });
+    }
+
     /// Opens an authenticated connection, refreshing the token once if it is refused.
     pub async fn connect(&self, tenant: &Tenant) -> Result<Upstream, (Verdict, String)> {
         let connector = self
@@ -156,11 +176,7 @@ impl Outbound {
         loop {
             match Upstream::connect(&target, &token).await {
                 Ok(up) => {
-                    self.set_health(&tenant.name, |h| {
-                        h.verified = Some(true);
-                        h.reason = None;
-                        h.alert = None;
-                    });
+                    self.mark_verified(&tenant.name);
                     return Ok(up);
                 }
                 Err(ConnectError::Refused(reply)) => {
@@ -187,12 +203,7 @@ impl Outbound {
                         } else {
                             format!("Exchange refused the token for {}: {text}", tenant.mailbox)
                         };
-                        tracing::error!(tenant = %tenant.name, reply = %text, "{alert}");
-                        self.set_health(&tenant.name, |h| {
-                            h.verified = Some(false);
-                            h.reason = Some(text.clone());
-                            h.alert = Some(alert);
-                        });
+                        self.mark_refused(&tenant.name, text, alert);
                     }
                     return Err((verdict, reply.to_string()));
                 }
