@@ -181,7 +181,34 @@ impl Relay {
 
     /// Starts the process (again) and waits until the SMTP listener greets.
     pub async fn launch(&mut self) {
+        // `free_port` can lose its port to another process before the relay binds it; then
+        // pick new ports and start again (bounded).
+        for _ in 0..5 {
+            if self.try_launch().await {
+                return;
+            }
+            self.move_to_free_ports();
+        }
+        panic!("authrelay found no free port:\n{}", self.logs());
+    }
+
+    /// Rewrites the config's listener addresses to ports that are free now.
+    fn move_to_free_ports(&mut self) {
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = self
+            .config()
+            .replace(&format!("\"{}\"", self.smtp), &format!("\"{smtp}\""))
+            .replace(&format!("\"{}\"", self.admin), &format!("\"{admin}\""));
+        std::fs::write(&self.config_path, config).expect("write config");
+        self.smtp = smtp;
+        self.admin = admin;
+    }
+
+    /// Starts the process; `false` if it could not bind its ports, else waits for a greeting.
+    async fn try_launch(&mut self) -> bool {
         self.starts += 1;
+        let log_start = self.logs().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,12 +234,20 @@ impl Relay {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("authrelay exited with {status} at start:\n{}", self.logs());
+                self.child = None;
+                let logs = self.logs();
+                if logs
+                    .get(log_start..)
+                    .is_some_and(|l| l.contains("Address already in use"))
+                {
+                    return false;
+                }
+                panic!("authrelay exited with {status} at start:\n{logs}");
             }
             // Any greeting means it listens (a test may have made it refuse us with 554).
             if let Ok((mut c, _greeting)) = SmtpClient::connect(&self.smtp.to_string()).await {
                 let _ = c.quit().await;
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
